@@ -1,0 +1,63 @@
+"""Argument and input validation shared by the layers and the functional API.
+
+Every error names the argument, the value received and what was expected.
+"""
+from __future__ import annotations
+
+import numbers
+from typing import Sequence
+
+import torch
+
+
+def positive_int(name: str, value, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: expected an int >= {minimum}, got {value!r} "
+                        f"({type(value).__name__})")
+    if value < minimum:
+        raise ValueError(f"{name}: expected an int >= {minimum}, got {value}")
+    return int(value)
+
+
+def float_list(name: str, values) -> list:
+    if isinstance(values, (str, bytes)) or not isinstance(values, (Sequence, torch.Tensor)):
+        raise TypeError(f"{name}: expected a non-empty list of floats, got {values!r}")
+    values = [float(v) for v in values]
+    if not values:
+        raise ValueError(f"{name}: expected a non-empty list of floats, got []")
+    return values
+
+
+def kernel_sizes(kernel_size, effective_size) -> tuple:
+    kernel_size = positive_int("kernel_size", kernel_size)
+    effective_size = positive_int("effective_size", effective_size)
+    if kernel_size % 2 == 0:
+        raise ValueError(f"kernel_size: expected an odd int (the basis is centred), got {kernel_size}")
+    if kernel_size < 3:
+        raise ValueError(f"kernel_size: expected an odd int >= 3, got {kernel_size}")
+    return kernel_size, effective_size
+
+
+def feature_map(x, *, name: str, ndim: int, channels: int, groups: int = 0,
+                like: torch.Tensor) -> None:
+    """Check a layer input: rank ``ndim``, ``x.shape[1] == channels``, ``x.shape[2] == groups``
+    (group maps), floating dtype and device equal to the parameter ``like``."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+    layout = "[B, C, H, W]" if ndim == 4 else "[B, C, R*S, H, W]"
+    if x.dim() != ndim:
+        raise ValueError(f"{name}: expected a {ndim}-D tensor {layout}, got shape {tuple(x.shape)}")
+    if x.shape[1] != channels:
+        raise ValueError(f"{name}: expected {channels} channels in dim 1 of {layout}, "
+                         f"got shape {tuple(x.shape)}")
+    if groups and x.shape[2] != groups:
+        raise ValueError(f"{name}: expected group size R*S = {groups} in dim 2 of {layout}, "
+                         f"got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name}: expected a floating-point tensor, got dtype {x.dtype}")
+    if x.device != like.device:
+        raise ValueError(f"{name}: expected a tensor on {like.device} (the layer's device), "
+                         f"got one on {x.device}; move the input or call .to() on the layer")
+    if x.dtype != like.dtype and not torch.is_autocast_enabled(x.device.type):
+        raise TypeError(f"{name}: expected dtype {like.dtype} (the layer's dtype), got {x.dtype}; "
+                        f"cast the input, call .to(dtype) on the layer, or use torch.autocast")

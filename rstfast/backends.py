@@ -1,0 +1,117 @@
+"""Backend selection for the roto-scale convolutions.
+
+Every backend module exposes the same three names:
+
+* ``unavailable_reason(device: torch.device) -> Optional[str]`` — None when it can run on ``device``;
+* ``lift_conv(x, weight, basis, bias, stride, padding, support)`` — see
+  :func:`rstfast.reference.functional.lift_conv`;
+* ``group_conv(x, weight, basis, bias, num_rotations, rotation_size, scale_size, stride, padding,
+  support)`` — see :func:`rstfast.reference.functional.group_conv`.
+
+``"auto"`` picks the fastest backend known to work on the input's device; an explicitly requested
+backend that cannot run (module missing, extension failed to build, wrong device) falls back along
+:data:`FALLBACK` with one warning per (backend, device type, reason), never silently.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import warnings
+from types import ModuleType
+from typing import Dict, Optional, Tuple
+
+import torch
+
+BACKENDS = ("reference", "triton", "cpp", "cuda", "auto")
+
+_MODULES = {
+    "reference": "rstfast.reference.functional",
+    "triton": "rstfast.kernels",
+    "cpp": "rstfast.csrc",
+    "cuda": "rstfast.csrc",
+}
+
+# Where an explicitly requested backend falls back to when it cannot run.
+FALLBACK = {
+    "triton": ("cuda", "reference"),
+    "cuda": ("triton", "reference"),
+    "cpp": ("reference",),
+    "reference": (),
+}
+
+# What "auto" tries, in order, per device type. The CPU extension is only listed where it was
+# measured faster than the reference (see benchmarks/); RSTFAST_AUTO_CPU overrides the CPU order.
+AUTO_ORDER = {
+    "cuda": ("triton", "cuda", "reference"),
+    "cpu": ("reference",),
+}
+
+_warned = set()
+_resolved: Dict[Tuple[str, str], ModuleType] = {}
+
+
+def check_backend_name(backend: str) -> str:
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
+    return backend
+
+
+def _load(name: str, device: torch.device) -> Tuple[Optional[ModuleType], Optional[str]]:
+    """Import backend ``name``; return (module, None) if it can run on ``device`` else (None, why)."""
+    if name == "cpp" and device.type != "cpu":
+        return None, f"the C++ backend runs on CPU tensors only (got device {device})"
+    if name == "cuda" and device.type != "cuda":
+        return None, f"the CUDA backend needs CUDA tensors (got device {device})"
+    try:
+        module = importlib.import_module(_MODULES[name])
+    except ImportError as exc:
+        return None, f"cannot import {_MODULES[name]}: {exc}"
+    reason = module.unavailable_reason(device) if hasattr(module, "unavailable_reason") else None
+    return (None, reason) if reason else (module, None)
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+def _auto_order(device: torch.device) -> Tuple[str, ...]:
+    if device.type == "cpu" and os.environ.get("RSTFAST_AUTO_CPU"):
+        return tuple(os.environ["RSTFAST_AUTO_CPU"].split(",")) + ("reference",)
+    return AUTO_ORDER.get(device.type, ("reference",))
+
+
+def resolve(backend: str, device: torch.device) -> ModuleType:
+    """The backend module that will run for ``backend`` on ``device`` (cached per pair)."""
+    key = (backend, str(device))
+    if key in _resolved:
+        return _resolved[key]
+    check_backend_name(backend)
+    if backend == "auto":
+        chain = _auto_order(device)
+    else:
+        chain = (backend,) + FALLBACK[backend]
+    failures = []
+    for name in chain:
+        module, reason = _load(name, device)
+        if module is not None:
+            if failures and (backend != "auto" or name == "reference"):
+                _warn_once(f"rstfast: backend {backend!r} on {device.type} falls back to {name!r}: "
+                           + "; ".join(failures))
+            _resolved[key] = module
+            return module
+        failures.append(f"{name}: {reason}")
+    raise RuntimeError(f"rstfast: no backend can run on {device}: " + "; ".join(failures))
+
+
+def available_backends(device="cpu") -> Dict[str, Optional[str]]:
+    """``{name: None if usable on device else reason}`` for every concrete backend."""
+    device = torch.device(device)
+    return {name: _load(name, device)[1] for name in _MODULES}
+
+
+def clear_cache() -> None:
+    """Forget resolved backends and emitted warnings (tests; after installing a backend)."""
+    _resolved.clear()
+    _warned.clear()

@@ -1,0 +1,120 @@
+"""Pure-PyTorch roto-scale convolutions: the oracle every fast backend is checked against.
+
+Index conventions (see ``spec/layers.md``):
+
+* group feature maps ``[B, C, T, H, W]`` with ``t = r * S + s`` (rotation-major);
+* basis ``[F, T, K, K]`` (same ``t``), weight of the lifting layer ``[O, C, F]``,
+  weight of the group layer ``[O, C, Lr * Ls, F]`` with third index ``a = i * Ls + j``
+  (``i`` rotation offset, ``j`` scale offset);
+* output rotation ``r`` reads input rotations ``(r + i) mod R`` (circular), output scale ``s`` reads
+  input scale ``s + j`` or zero when ``s + j >= S``; the filter of output ``t`` is the basis slice ``t``.
+
+Clarity first: the filter is expanded densely and the convolution is one grouped ``conv2d``.
+Autograd, float64 and any device work as for ordinary PyTorch code.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["expand_filter", "lift_conv", "group_conv", "group_conv_1x1", "max_projection",
+           "basis_support"]
+
+
+def expand_filter(weight: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """Filters from coefficients: ``weight[..., F] @ basis[F, T, K, K] -> [..., T, K, K]``."""
+    num_funcs = basis.shape[0]
+    kernel = weight.reshape(-1, num_funcs) @ basis.reshape(num_funcs, -1)
+    return kernel.reshape(*weight.shape[:-1], *basis.shape[1:])
+
+
+def lift_conv(x: torch.Tensor, weight: torch.Tensor, basis: torch.Tensor,
+              bias: Optional[torch.Tensor] = None, stride: int = 1, padding: int = 0,
+              support: Optional[Sequence[int]] = None) -> torch.Tensor:
+    """Lifting convolution Z2 -> H.
+
+    x ``[B, C, H, W]``, weight ``[O, C, F]``, basis ``[F, T, K, K]``, bias ``[O]`` or None
+    -> ``[B, O, T, H', W']`` with ``H' = (H + 2p - K) // stride + 1``.
+    ``support`` (per-scale non-zero box sizes) is accepted for interface parity and unused here.
+    """
+    out_channels, in_channels, _ = weight.shape
+    num_groups, k = basis.shape[1], basis.shape[-1]
+    kernel = expand_filter(weight, basis)                       # [O, C, T, K, K]
+    kernel = kernel.transpose(1, 2).reshape(out_channels * num_groups, in_channels, k, k)
+    y = F.conv2d(x, kernel, stride=stride, padding=padding)     # channel o * T + t
+    y = y.view(x.shape[0], out_channels, num_groups, *y.shape[-2:])
+    if bias is not None:
+        y = y + bias.view(1, -1, 1, 1, 1)
+    return y
+
+
+def _neighbourhood(x: torch.Tensor, num_rotations: int, rotation_size: int,
+                   scale_size: int) -> torch.Tensor:
+    """``[B, C, R*S, H, W] -> [B, C, Lr*Ls, R*S, H, W]``: slot ``a = i*Ls + j`` at output
+    ``t = r*S + s`` holds input slice ``((r + i) mod R) * S + (s + j)``, zero when ``s + j >= S``."""
+    b, c, t, h, w = x.shape
+    x6 = x.reshape(b, c, num_rotations, t // num_rotations, h, w)
+    slots = []
+    for i in range(rotation_size):
+        rolled = torch.roll(x6, shifts=-i, dims=2)
+        for j in range(scale_size):
+            shifted = F.pad(rolled[:, :, :, j:], (0, 0, 0, 0, 0, j))
+            slots.append(shifted.reshape(b, c, t, h, w))
+    return torch.stack(slots, dim=2)
+
+
+def group_conv(x: torch.Tensor, weight: torch.Tensor, basis: torch.Tensor,
+               bias: Optional[torch.Tensor] = None, num_rotations: int = 1,
+               rotation_size: int = 1, scale_size: int = 1, stride: int = 1, padding: int = 0,
+               support: Optional[Sequence[int]] = None) -> torch.Tensor:
+    """Group convolution H -> H with inter-rotation (circular) and inter-scale (zero-padded) mixing.
+
+    x ``[B, C, T, H, W]`` (``T = R*S``, rotation-major), weight ``[O, C, Lr*Ls, F]``,
+    basis ``[F, T, K, K]``, bias ``[O]`` or None -> ``[B, O, T, H', W']``.
+    ``support`` is accepted for interface parity and unused here.
+    """
+    out_channels, in_channels, num_offsets, _ = weight.shape
+    b, _, num_groups, h, w = x.shape
+    k = basis.shape[-1]
+    kernel = expand_filter(weight, basis)                       # [O, C, A, T, K, K]
+    kernel = kernel.permute(3, 0, 1, 2, 4, 5).reshape(
+        num_groups * out_channels, in_channels * num_offsets, k, k)
+    slab = _neighbourhood(x, num_rotations, rotation_size, scale_size)  # [B, C, A, T, H, W]
+    slab = slab.permute(0, 3, 1, 2, 4, 5).reshape(b, num_groups * in_channels * num_offsets, h, w)
+    y = F.conv2d(slab, kernel, stride=stride, padding=padding, groups=num_groups)
+    y = y.view(b, num_groups, out_channels, *y.shape[-2:]).transpose(1, 2)
+    if bias is not None:
+        y = y + bias.view(1, -1, 1, 1, 1)
+    return y.contiguous()
+
+
+def group_conv_1x1(x: torch.Tensor, weight: torch.Tensor, stride: int = 1) -> torch.Tensor:
+    """The same 1x1 convolution on every group slice: x ``[B, C, T, H, W]``, weight ``[O, C, 1, 1]``
+    -> ``[B, O, T, H', W']``. No bias (the original never adds it)."""
+    return F.conv3d(x, weight.unsqueeze(2), stride=(1, stride, stride))
+
+
+def max_projection(x: torch.Tensor) -> torch.Tensor:
+    """Max over the whole group axis: ``[B, C, T, H, W] -> [B, C, H, W]``."""
+    return x.max(dim=2).values
+
+
+def basis_support(basis: torch.Tensor, num_rotations: int) -> tuple:
+    """Side of the smallest centred square holding every non-zero tap of each scale.
+
+    basis ``[F, R*S, K, K]`` -> tuple of ``S`` odd ints (``K`` where the scale fills the kernel).
+    Fast backends skip the taps outside this box; they are exactly zero in every basis type.
+    """
+    num_funcs, num_groups, k, _ = basis.shape
+    nonzero = (basis != 0).reshape(num_funcs, num_rotations, num_groups // num_rotations, k, k)
+    nonzero = nonzero.any(dim=1).any(dim=0)                     # [S, K, K]
+    centre = k // 2
+    offsets = torch.arange(k, device=basis.device) - centre
+    ring = torch.maximum(offsets.abs()[:, None], offsets.abs()[None, :])  # Chebyshev radius
+    sizes = []
+    for plane in nonzero:
+        radius = int(ring[plane].max()) if bool(plane.any()) else 0
+        sizes.append(2 * radius + 1)
+    return tuple(sizes)
