@@ -19,6 +19,11 @@ def positive_int(name: str, value, minimum: int = 1) -> int:
     return int(value)
 
 
+def at_most(name: str, value: int, limit_name: str, limit: int) -> None:
+    if value > limit:
+        raise ValueError(f"{name}: expected at most {limit_name} = {limit}, got {value}")
+
+
 def float_list(name: str, values) -> list:
     if isinstance(values, (str, bytes)) or not isinstance(values, (Sequence, torch.Tensor)):
         raise TypeError(f"{name}: expected a non-empty list of floats, got {values!r}")

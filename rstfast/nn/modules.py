@@ -53,9 +53,7 @@ class _RotoScaleConv(nn.Module):
         self.support = ref.basis_support(basis, self.num_rotations)
         self.weight = nn.Parameter(torch.empty(self.out_channels, self.in_channels, *offsets,
                                                self.num_funcs))
-        self.bias = nn.Parameter(torch.zeros(self.out_channels)) if bias else None
-        if not bias:
-            self.register_parameter("bias", None)
+        self.register_parameter("bias", nn.Parameter(torch.zeros(self.out_channels)) if bias else None)
         self.reset_parameters()
 
     @property
@@ -118,15 +116,13 @@ class GroupConv(_RotoScaleConv):
                  basis_type='A', backend="auto", **kwargs):
         scale_size = _checks.positive_int("scale_size", scale_size)
         rotation_size = _checks.positive_int("rotation_size", rotation_size)
+        _checks.at_most("scale_size", scale_size, "len(scales)",
+                        len(_checks.float_list("scales", scales)))
+        _checks.at_most("rotation_size", rotation_size, "len(rotations)",
+                        len(_checks.float_list("rotations", rotations)))
         super().__init__(in_channels, out_channels, kernel_size, effective_size, scales, rotations,
                          stride, padding, bias, basis_type, backend,
                          (rotation_size * scale_size,), kwargs)
-        if scale_size > self.num_scales:
-            raise ValueError(f"scale_size: expected at most len(scales) = {self.num_scales}, "
-                             f"got {scale_size}")
-        if rotation_size > self.num_rotations:
-            raise ValueError(f"rotation_size: expected at most len(rotations) = "
-                             f"{self.num_rotations}, got {rotation_size}")
         self.scale_size = scale_size
         self.rotation_size = rotation_size
 

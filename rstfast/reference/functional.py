@@ -46,7 +46,7 @@ def lift_conv(x: torch.Tensor, weight: torch.Tensor, basis: torch.Tensor,
     y = F.conv2d(x, kernel, stride=stride, padding=padding)     # channel o * T + t
     y = y.view(x.shape[0], out_channels, num_groups, *y.shape[-2:])
     if bias is not None:
-        y = y + bias.view(1, -1, 1, 1, 1)
+        y = y + bias.to(y.dtype).view(1, -1, 1, 1, 1)
     return y
 
 
@@ -86,7 +86,7 @@ def group_conv(x: torch.Tensor, weight: torch.Tensor, basis: torch.Tensor,
     y = F.conv2d(slab, kernel, stride=stride, padding=padding, groups=num_groups)
     y = y.view(b, num_groups, out_channels, *y.shape[-2:]).transpose(1, 2)
     if bias is not None:
-        y = y + bias.view(1, -1, 1, 1, 1)
+        y = y + bias.to(y.dtype).view(1, -1, 1, 1, 1)
     return y.contiguous()
 
 
