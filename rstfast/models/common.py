@@ -1,0 +1,52 @@
+"""Pieces shared by the MNIST models: the classifier head, the CNN skeleton, the 56x56 wrapper.
+
+Every MNIST model of the original code has three blocks (conv -> ReLU -> MaxPool -> BatchNorm,
+channels 32/63/95), a last pool ``MaxPool2d(pool_size, padding=2)`` that leaves 2x2 pixels, and
+the head ``Linear(4*C3 -> 256, no bias) -> BatchNorm1d -> ReLU -> Dropout(0.7) ->
+Linear(256 -> 10)``.
+``_56`` models upsample the 28x28 input by 2 (nearest) first.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch.nn as nn
+
+__all__ = ["CHANNELS", "DROPOUT", "POOL_SIZE", "classifier_head", "conv_blocks", "for_input_size"]
+
+CHANNELS = (32, 63, 95)
+DROPOUT = 0.7
+# Last max-pool size per input side: 28 -> 7 -> 2, 56 -> 14 -> 2, 96 -> 24 -> 2 (with padding 2).
+POOL_SIZE = {28: 4, 56: 8, 96: 12}
+
+
+def classifier_head(in_features: int, dropout: float = DROPOUT, hidden: int = 256,
+                    num_classes: int = 10) -> nn.Sequential:
+    """``[B, in_features] -> [B, num_classes]``; indices 0..4 as the original ``linear``."""
+    return nn.Sequential(
+        nn.Linear(in_features, hidden, bias=False),
+        nn.BatchNorm1d(hidden),
+        nn.ReLU(True),
+        nn.Dropout(dropout),
+        nn.Linear(hidden, num_classes),
+    )
+
+
+def conv_blocks(convs: Sequence[nn.Module], norm_features: Sequence[int],
+                pool_size: int) -> nn.Sequential:
+    """``[conv_i, ReLU, MaxPool2d, BatchNorm2d(norm_features[i])]`` for the three blocks;
+    the last pool is ``MaxPool2d(pool_size, padding=2)``, the others ``MaxPool2d(2)``."""
+    layers = []
+    for i, (conv, features) in enumerate(zip(convs, norm_features)):
+        last = i == len(convs) - 1
+        pool = nn.MaxPool2d(pool_size, padding=2) if last else nn.MaxPool2d(2)
+        layers += [conv, nn.ReLU(True), pool, nn.BatchNorm2d(features)]
+    return nn.Sequential(*layers)
+
+
+def for_input_size(model: nn.Module, input_size: int) -> nn.Module:
+    """``_56`` models: ``Sequential(Upsample(scale_factor=2), model)`` (state-dict keys ``1.*``);
+    ``_28`` and ``_96`` models: the bare model."""
+    if input_size == 56:
+        return nn.Sequential(nn.Upsample(scale_factor=2), model)
+    return model
