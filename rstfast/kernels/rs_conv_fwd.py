@@ -1,0 +1,111 @@
+"""Forward roto-scale convolution as one implicit GEMM (lifting and group layers).
+
+Program ``(pid_m, pid_n, t)``: a tile of ``BLOCK_M`` output pixels (flattened ``b, h', w'``) times
+``BLOCK_N`` output channels of output slice ``t = r*S + s``. Reduction over the offsets
+``(i < Lr, j < min(Ls, S - s))`` and ``k = (u * n_s + v) * C + c`` over the support of scale ``s``
+only. Input slice ``((r + i) mod R) * S + s + j`` is gathered straight from ``x`` (strides; zero
+padding by masks; no copy); the filter tile comes from the buffer of :mod:`.layout`. The lifting
+layer is the case ``Lr = Ls = 1`` with input slice stride 0. Bias is added in the epilogue.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from .jit import dot_options, lazy_kernel
+from .layout import ConvGeometry, FilterLayout
+
+__all__ = ["conv_forward"]
+
+_CONFIGS = [
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 32, "BLOCK_K": 32}, num_warps=4, num_stages=4),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32}, num_warps=8, num_stages=3),
+]
+_INTERPRETER_CONFIG = triton.Config({"BLOCK_M": 128, "BLOCK_N": 32, "BLOCK_K": 128})
+
+
+@lazy_kernel(_CONFIGS, key=["B", "C", "H", "W", "O", "R", "S", "Lr", "Ls", "K", "stride"],
+             interpreter_config=_INTERPRETER_CONFIG)
+def _rs_conv_fwd_kernel(
+        x_ptr, w_ptr, bias_ptr, y_ptr, support_ptr, offset_ptr,
+        B, C, H, W, O, Ho, Wo, R, S, Lr, Ls, K, stride, padding,
+        sxb, sxc, sxt, sxh, sxw, syb, syo, syt, syh, syw,
+        HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    t = tl.program_id(2)
+    r = t // S
+    s = t % S
+    n = tl.load(support_ptr + s)
+    shift = (K - n) // 2 - padding
+    reduction = n * n * C
+    block_base = tl.load(offset_ptr + s)
+
+    m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    m_ok = m < B * Ho * Wo
+    b = m // (Ho * Wo)
+    ho = (m % (Ho * Wo)) // Wo
+    wo = m % Wo
+    h0 = ho * stride + shift
+    w0 = wo * stride + shift
+    x_rows = x_ptr + b.to(tl.int64) * sxb
+    o = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    o_ok = o < O
+    compute_dtype = x_ptr.dtype.element_ty
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    num_j = tl.minimum(Ls, S - s)
+    for i in range(0, Lr):
+        r_in = (r + i) % R
+        for j in range(0, num_j):
+            x_plane = x_rows + (r_in * S + s + j).to(tl.int64) * sxt
+            w_block = w_ptr + block_base + ((i * Ls + j) * R + r).to(tl.int64) * reduction * O
+            for k0 in range(0, reduction, BLOCK_K):
+                k = k0 + tl.arange(0, BLOCK_K)
+                k_ok = k < reduction
+                c = k % C
+                tap = k // C
+                hi = h0[:, None] + (tap // n)[None, :]
+                wi = w0[:, None] + (tap % n)[None, :]
+                ok = (m_ok[:, None] & k_ok[None, :] & (hi >= 0) & (hi < H)
+                      & (wi >= 0) & (wi < W))
+                x_tile = tl.load(x_plane[:, None] + c[None, :] * sxc + hi * sxh + wi * sxw,
+                                 mask=ok, other=0.0)
+                w_tile = tl.load(w_block + k[:, None] * O + o[None, :],
+                                 mask=k_ok[:, None] & o_ok[None, :], other=0.0)
+                w_tile = w_tile.to(compute_dtype)
+                if UPCAST:
+                    x_tile, w_tile = x_tile.to(tl.float32), w_tile.to(tl.float32)
+                acc = tl.dot(x_tile, w_tile, acc, input_precision=PRECISION)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + o, mask=o_ok, other=0.0).to(tl.float32)[None, :]
+    y_offsets = (b.to(tl.int64) * syb + t.to(tl.int64) * syt + ho * syh + wo * syw)[:, None] \
+        + o[None, :].to(tl.int64) * syo
+    tl.store(y_ptr + y_offsets, acc.to(y_ptr.dtype.element_ty),
+             mask=m_ok[:, None] & o_ok[None, :])
+
+
+def conv_forward(x: torch.Tensor, filters: torch.Tensor, bias: Optional[torch.Tensor],
+                 geo: ConvGeometry, layout: FilterLayout) -> torch.Tensor:
+    """x ``[B, C, H, W]`` (lifting) or ``[B, C, T, H, W]``, float32 filter buffer, bias ``[O]`` or
+    None -> y ``[B, O, T, H', W']`` in x's dtype."""
+    y = torch.empty(geo.out_shape(), dtype=x.dtype, device=x.device)
+    sxb, sxc, sxh, sxw = x.stride(0), x.stride(1), x.stride(-2), x.stride(-1)
+    sxt = 0 if geo.lifting else x.stride(2)
+    grid = lambda meta: (triton.cdiv(geo.batch * geo.out_height * geo.out_width, meta["BLOCK_M"]),
+                         triton.cdiv(geo.out_channels, meta["BLOCK_N"]), geo.group_size)
+    _rs_conv_fwd_kernel[grid](
+        x, filters, bias if bias is not None else filters, y,
+        layout.supports_device, layout.offsets_device,
+        geo.batch, geo.in_channels, geo.height, geo.width, geo.out_channels, geo.out_height,
+        geo.out_width, geo.num_rotations, geo.num_scales, geo.rotation_size, geo.scale_size,
+        geo.kernel_size, geo.stride, geo.padding,
+        sxb, sxc, sxt, sxh, sxw, *y.stride(),
+        HAS_BIAS=bias is not None, **dot_options(x.dtype))
+    return y
