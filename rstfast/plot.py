@@ -1,0 +1,95 @@
+"""Plots of training runs (matplotlib, Agg backend, PNG).
+
+``python -m rstfast.plot results.yml [--metrics RUN.metrics.json ...] [--out accuracy.png]``
+
+* accuracy per model: every ``results.yml`` line as a point, grouped by ``model [basis]`` with the
+  mean as a bar;
+* training curves: per-epoch loss and train/val accuracy of the metrics JSON files the trainer writes
+  next to ``--save_model_path``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import List
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import yaml  # noqa: E402
+
+
+def load_results(path) -> List[dict]:
+    runs = yaml.safe_load(Path(path).read_text()) or []
+    if not isinstance(runs, list):
+        raise ValueError(f"results: expected a YAML list of runs in {path}, got {type(runs).__name__}")
+    return runs
+
+
+def plot_accuracy(results_path, out_png) -> Path:
+    """Test accuracy (%) per ``model [basis]`` of every run in ``results_path``."""
+    groups = defaultdict(list)
+    for run in load_results(results_path):
+        label = run["model"] + (f" [{run['basis']}]" if run.get("basis") else "")
+        groups[label].append(100.0 * float(run["acc"]))
+    labels = sorted(groups)
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(labels) + 2), 4))
+    for i, label in enumerate(labels):
+        accs = groups[label]
+        ax.bar(i, sum(accs) / len(accs), color="tab:blue", alpha=0.5)
+        ax.plot([i] * len(accs), accs, "k.", ms=6)
+    ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"{Path(results_path).name}: {sum(map(len, groups.values()))} runs")
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=120)
+    plt.close(fig)
+    return Path(out_png)
+
+
+def plot_curves(metrics_paths, out_png) -> Path:
+    """Training loss and train/val accuracy per epoch of each metrics JSON."""
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    for path in metrics_paths:
+        run = json.loads(Path(path).read_text())
+        epochs = [e["epoch"] for e in run["epochs"]]
+        name = run["model"] + (f" [{run['basis']}]" if run.get("basis") else "")
+        ax_loss.plot(epochs, [e["train_loss"] for e in run["epochs"]], label=name)
+        line, = ax_acc.plot(epochs, [100 * e["val_acc"] for e in run["epochs"]], label=f"{name} val")
+        ax_acc.plot(epochs, [100 * e["train_acc"] for e in run["epochs"]], "--", color=line.get_color(),
+                    label=f"{name} train")
+    ax_loss.set(xlabel="epoch", ylabel="training loss")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)")
+    ax_acc.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=120)
+    plt.close(fig)
+    return Path(out_png)
+
+
+def plot_run(results_path, metrics_path) -> List[Path]:
+    """The two plots after a training run: ``<results>.png`` and ``<metrics stem>.png``."""
+    metrics_path = Path(metrics_path)
+    curves = metrics_path.with_name(metrics_path.name.replace(".metrics.json", "") + ".curves.png")
+    return [plot_accuracy(results_path, Path(results_path).with_suffix(".png")),
+            plot_curves([metrics_path], curves)]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m rstfast.plot", description=__doc__.split("\n\n")[0])
+    p.add_argument("results", help="results.yml written by rstfast-train")
+    p.add_argument("--metrics", nargs="*", default=[], help="metrics JSON files for training curves")
+    p.add_argument("--out", default=None, help="accuracy PNG (default: <results>.png)")
+    args = p.parse_args(argv)
+    print(plot_accuracy(args.results, args.out or Path(args.results).with_suffix(".png")))
+    if args.metrics:
+        print(plot_curves(args.metrics, Path(args.metrics[0]).with_suffix(".curves.png")))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""rstfast.train: training loop, checkpoint/resume, results.yml, plots."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import yaml
+
+from rstfast import train
+from rstfast.data.generate import npz_bytes
+
+REPO = Path(__file__).resolve().parents[1]
+ORIGINAL_FIELDS = ("model", "acc", "basis", "batch_size", "cuda", "data_dir", "dataset", "decay",
+                   "elapsed_time", "epochs", "extra_scaling", "lr", "lr_gamma", "lr_steps", "momentum",
+                   "nesterov", "num_parameters", "optim", "save_model_path", "tag", "time_per_epoch")
+
+
+class TinyNet(nn.Module):
+    """Conv + BN + dropout + linear: exercises BN statistics and the dropout RNG on resume."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(1, 4, 5, stride=2), nn.BatchNorm2d(4), nn.ReLU(),
+                                      nn.AdaptiveAvgPool2d(3))
+        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(0.3), nn.Linear(36, 10))
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """Ten easy classes (a bar at a class-dependent position, random brightness and noise)."""
+    folder = tmp_path_factory.mktemp("tiny")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 160), ("val", 40), ("test", 40)):
+        labels = np.arange(n) % 10
+        images = rng.integers(0, 40, (n, 28, 28)).astype(np.uint8)
+        for i, label in enumerate(labels):
+            images[i, 2 + 2 * label:5 + 2 * label, 4:24] = rng.integers(150, 256)
+        (folder / f"{split}.npz").write_bytes(npz_bytes(images, labels.astype(np.int64)))
+    return folder
+
+
+@pytest.fixture
+def tiny_model(monkeypatch):
+    monkeypatch.setattr(train, "build_model", lambda name, basis, backend: TinyNet())
+
+
+def run_cli(tmp_path, data_dir, *extra, name="run"):
+    argv = ["--model", "tiny", "--data_dir", str(data_dir), "--batch_size", "16", "--lr", "0.01",
+            "--save_model_path", str(tmp_path / name / "model.pt"), "--results",
+            str(tmp_path / "results.yml"), "--quiet", *extra]
+    return train.run(train.build_parser().parse_args(argv))
+
+
+def test_two_epochs_reduce_loss_and_write_results(tmp_path, data_dir, tiny_model, capsys):
+    results = run_cli(tmp_path, data_dir, "--epochs", "2", "--tag", "it's")
+    history = json.loads((tmp_path / "run" / "model.metrics.json").read_text())["epochs"]
+    assert len(history) == 2 and history[1]["train_loss"] < history[0]["train_loss"]
+    out = capsys.readouterr().out
+    assert "Epoch   1/  2| Train Acc@1: " in out and "| Test Acc@1: " in out
+    lines = (tmp_path / "results.yml").read_text().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("- {model: 'tiny', acc: ")
+    (entry,) = yaml.safe_load(lines[0])
+    assert set(ORIGINAL_FIELDS) | {"backend", "device", "seed"} == set(entry)
+    assert entry["acc"] == results["acc"] and 0.0 <= entry["acc"] <= 1.0
+    assert entry["tag"] == "it's" and entry["dataset"] == "rs-mnist" and entry["device"] == "cpu"
+    assert entry["lr_steps"] == [20, 40] and entry["num_parameters"] == 482 and entry["seed"] == 0
+    best = torch.load(tmp_path / "run" / "model.pt")
+    assert set(best) == set(TinyNet().state_dict())
+
+
+def test_results_line_matches_the_original_format():
+    example = {"model": "mnist_cnn_56", "acc": 0.89276, "basis": "D1", "batch_size": 128, "cuda": True,
+               "data_dir": "./datasets/MNIST_scale/seed_0/scale_0.3_1.0", "dataset": "scale_mnist",
+               "decay": 0.0001, "elapsed_time": 110, "epochs": 45, "extra_scaling": 0.5, "lr": 0.01,
+               "lr_gamma": 0.1, "lr_steps": [30], "momentum": 0.9, "nesterov": False,
+               "num_parameters": 494549, "optim": "adam",
+               "save_model_path": "./saved_models/mnist/mnist_cnn_56_extra_scaling_0.5.pt",
+               "tag": "sesn_experiments", "time_per_epoch": 2}
+    assert train.results_line(dict(reversed(list(example.items())))) == (
+        "- {model: 'mnist_cnn_56', acc: 0.89276, basis: 'D1', batch_size: 128, cuda: true, data_dir: "
+        "'./datasets/MNIST_scale/seed_0/scale_0.3_1.0', dataset: 'scale_mnist', decay: 0.0001, "
+        "elapsed_time: 110, epochs: 45, extra_scaling: 0.5, lr: 0.01, lr_gamma: 0.1, lr_steps: [30], "
+        "momentum: 0.9, nesterov: false, num_parameters: 494549, optim: 'adam', save_model_path: "
+        "'./saved_models/mnist/mnist_cnn_56_extra_scaling_0.5.pt', tag: 'sesn_experiments', "
+        "time_per_epoch: 2}\n")
+    assert train.results_line({"model": "m", "basis": None}) == "- {model: 'm', basis: null}\n"
+
+
+def test_resume_gives_bitwise_identical_weights(tmp_path, data_dir, tiny_model):
+    common = ("--epochs", "2", "--lr_steps", "1", "--extra_scaling", "0.8")
+    whole = run_cli(tmp_path, data_dir, *common, name="whole")
+    assert run_cli(tmp_path, data_dir, *common, "--stop-after", "1", name="split") is None
+    ckpt = torch.load(tmp_path / "split" / "model.ckpt", weights_only=False)
+    assert ckpt["epoch"] == 1 and ckpt["scheduler"]["last_epoch"] == 1
+    resumed = run_cli(tmp_path, data_dir, *common, "--resume", name="split")
+    final = {name: torch.load(tmp_path / name / "model.ckpt", weights_only=False) for name in ("whole", "split")}
+    for key, value in final["whole"]["model"].items():
+        assert torch.equal(value, final["split"]["model"][key]), key
+    for key, value in final["whole"]["best_state"].items():
+        assert torch.equal(value, final["split"]["best_state"][key]), key
+    assert final["whole"]["history"][1]["train_loss"] == final["split"]["history"][1]["train_loss"]
+    assert resumed["acc"] == whole["acc"]
+
+
+def test_resume_rejects_other_settings(tmp_path, data_dir, tiny_model):
+    run_cli(tmp_path, data_dir, "--epochs", "2", "--stop-after", "1")
+    with pytest.raises(ValueError, match="lr: checkpoint 0.01, now 0.02"):
+        run_cli(tmp_path, data_dir, "--epochs", "2", "--resume", "--lr", "0.02")
+    with pytest.raises(FileNotFoundError, match="checkpoint"):
+        run_cli(tmp_path, data_dir, "--epochs", "2", "--resume", str(tmp_path / "missing.ckpt"))
+
+
+def test_plots_are_written(tmp_path, data_dir, tiny_model):
+    run_cli(tmp_path, data_dir, "--epochs", "1", "--plot", "--no-train-eval")
+    for png in (tmp_path / "results.png", tmp_path / "run" / "model.curves.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from rstfast import plot
+    assert plot.main([str(tmp_path / "results.yml"), "--out", str(tmp_path / "acc.png")]) == 0
+    assert (tmp_path / "acc.png").stat().st_size > 1000
+
+
+def test_real_model_from_the_registry(tmp_path, data_dir):
+    models = pytest.importorskip("rstfast.models", reason="model zoo not importable")
+    with pytest.raises(ValueError, match="no_such_model"):
+        run_cli(tmp_path, data_dir, "--model", "no_such_model", "--epochs", "1")
+    results = run_cli(tmp_path, data_dir, "--epochs", "1", "--model", "mnist_cnn_28", "--backend",
+                      "reference", "--batch_size", "40", "--no-train-eval")
+    assert results["num_parameters"] == 494549 and results["backend"] == "reference"
+    assert "mnist_cnn_28" in models.list()
+
+
+def test_two_process_cpu_training_with_torchrun(tmp_path, data_dir):
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "rstfast.train", "--model", "mnist_cnn_28", "--data_dir", str(data_dir), "--epochs", "1",
+           "--batch_size", "40", "--backend", "reference", "--quiet", "--no-train-eval",
+           "--save_model_path", str(tmp_path / "ddp.pt"), "--results", str(tmp_path / "results.yml")]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("Epoch   1/  1|") == 1  # only rank 0 prints
+    (entry,) = yaml.safe_load((tmp_path / "results.yml").read_text())
+    assert entry["model"] == "mnist_cnn_28" and 0.0 <= entry["acc"] <= 1.0
