@@ -31,6 +31,7 @@ import torch
 from numpy.polynomial import hermite_e
 from scipy import special
 
+from .._checks import positive_int
 from ._bessel import bessel_pairs, fb_bound, fb_function_count
 
 __all__ = ["steerable_basis", "raw_steerable_basis", "support_sizes", "BASIS_TYPES"]
@@ -255,15 +256,6 @@ def _per_scale(kind: _BasisType, effective_size: int, max_order: int):
 # Validation
 # ----------------------------------------------------------------------------------------------
 
-def _int_arg(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name}: expected an int >= {minimum}, got {value!r} "
-                        f"({type(value).__name__})")
-    if value < minimum:
-        raise ValueError(f"{name}: expected an int >= {minimum}, got {value}")
-    return int(value)
-
-
 def _positive_float(name: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name}: expected a positive float, got {value!r} "
@@ -297,7 +289,7 @@ def _basis_type(basis_type) -> _BasisType:
 
 
 def _kernel_size(size) -> int:
-    size = _int_arg("size", size, 3)
+    size = positive_int("size", size, 3)
     if size % 2 == 0:
         raise ValueError(f"size: expected an odd kernel size (the basis is centred), got {size}")
     return size
@@ -413,11 +405,11 @@ def _canonical_args(basis_type, size, rotations, scales, effective_size, mult, m
     """Validate every argument; arguments the type ignores become ``()``/None (one cache entry)."""
     kind = _basis_type(basis_type)
     size = _kernel_size(size)
-    effective_size = _int_arg("effective_size", effective_size, 1)
+    effective_size = positive_int("effective_size", effective_size)
     scales = _float_tuple("scales", scales, positive=True)
     rotations = _float_tuple("rotations", rotations, positive=False) if kind.rotating else ()
     mult = _positive_float("mult", mult) if "mult" in kind.uses else None
-    max_order = _int_arg("max_order", max_order, 0) if "max_order" in kind.uses else None
+    max_order = positive_int("max_order", max_order, 0) if "max_order" in kind.uses else None
     spt = _positive_float("spt", spt) if "spt" in kind.uses else None
     dtype = torch.get_default_dtype() if dtype is None else dtype
     if dtype not in (torch.float32, torch.float64):
