@@ -22,7 +22,6 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-BACKENDS = ("reference", "triton", "cpp", "cuda", "auto")
 
 _MODULES = {
     "reference": "rstfast.reference.functional",
@@ -39,11 +38,14 @@ FALLBACK = {
     "reference": (),
 }
 
-# What "auto" tries, in order, per device type. The CPU extension is only listed where it was
-# measured faster than the reference (see benchmarks/); RSTFAST_AUTO_CPU overrides the CPU order.
-AUTO_ORDER = {
+# What "auto" tries, in order, per device type, and per (device type, op) where the measured winner
+# differs by op. On CPU the C++ extension is 2.4-2.9x faster than the original and the reference for
+# the group layers (forward+backward, benchmarks/results/cpu_report.md) but slower on lifting layers,
+# so "auto" uses it for group_conv only. RSTFAST_AUTO_CPU overrides the CPU order for every op.
+AUTO_ORDER: Dict[object, Tuple[str, ...]] = {
     "cuda": ("triton", "cuda", "reference"),
     "cpu": ("reference",),
+    ("cpu", "group_conv"): ("cpp", "reference"),
 }
 
 _warned = set()
@@ -51,9 +53,20 @@ _resolved: Dict[Tuple[str, str], ModuleType] = {}
 
 
 def check_backend_name(backend: str) -> str:
-    if not isinstance(backend, str) or backend not in BACKENDS:
-        raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
+    names = tuple(_MODULES) + ("auto",)
+    if not isinstance(backend, str) or backend not in names:
+        raise ValueError(f"backend: expected one of {names}, got {backend!r}")
     return backend
+
+
+def register(name: str, module: str, fallback: Tuple[str, ...] = ("reference",)) -> None:
+    """Make the module ``module`` (import path, backend contract above) usable as
+    ``backend=name`` in every layer, e.g. a baseline for benchmarks or an experimental kernel."""
+    if name == "auto" or not name.isidentifier():
+        raise ValueError(f"name: expected an identifier other than 'auto', got {name!r}")
+    _MODULES[name] = module
+    FALLBACK[name] = tuple(fallback)
+    clear_cache()
 
 
 def _load(name: str, device: torch.device) -> Tuple[Optional[ModuleType], Optional[str]]:
@@ -76,20 +89,21 @@ def _warn_once(message: str) -> None:
         warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
-def _auto_order(device: torch.device) -> Tuple[str, ...]:
+def _auto_order(device: torch.device, op: Optional[str]) -> Tuple[str, ...]:
     if device.type == "cpu" and os.environ.get("RSTFAST_AUTO_CPU"):
         return tuple(os.environ["RSTFAST_AUTO_CPU"].split(",")) + ("reference",)
-    return AUTO_ORDER.get(device.type, ("reference",))
+    return AUTO_ORDER.get((device.type, op)) or AUTO_ORDER.get(device.type, ("reference",))
 
 
-def resolve(backend: str, device: torch.device) -> ModuleType:
-    """The backend module that will run for ``backend`` on ``device`` (cached per pair)."""
-    key = (backend, str(device))
+def resolve(backend: str, device: torch.device, op: Optional[str] = None) -> ModuleType:
+    """The backend module that runs ``op`` ("lift_conv" / "group_conv"; None: any) for
+    ``backend`` on ``device`` (cached per triple)."""
+    key = (backend, str(device), op)
     if key in _resolved:
         return _resolved[key]
     check_backend_name(backend)
     if backend == "auto":
-        chain = _auto_order(device)
+        chain = _auto_order(device, op)
     else:
         chain = (backend,) + FALLBACK[backend]
     failures = []

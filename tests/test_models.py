@@ -178,7 +178,7 @@ def test_forward_dispatches_every_layer_to_the_requested_backend(monkeypatch):
     from rstfast.reference import functional
     requested = []
 
-    def resolve(backend, device):
+    def resolve(backend, device, op=None):
         requested.append(backend)
         return functional
 

@@ -106,14 +106,16 @@ std::pair<at::Tensor, int64_t> job_input(const at::Tensor& x, const Geometry& g,
   return {slice.narrow(2, shift, g.height - 2 * shift).narrow(3, shift, g.width - 2 * shift), 0};
 }
 
-// y [B, O, T, H'*W'] from x [B, C, T_in, H, W] and weight4 [O, C, A, F].
+// y [B, O, T, H', W'] from x [B, C, T_in, H, W] and weight4 [O, C, A, F].
 at::Tensor forward_cpu(const at::Tensor& x, const at::Tensor& weight4, const at::Tensor& basis,
                        const std::optional<at::Tensor>& bias, const Geometry& g,
                        const std::vector<Job>& jobs) {
   const bool has_bias = check_bias(bias, x, g.out_channels);
   const bool direct = single_writer(jobs, g.out_slices);
-  at::Tensor y = direct ? at::empty({g.batch, g.out_channels, g.out_slices, g.out_plane()}, x.options())
-                        : at::zeros({g.batch, g.out_channels, g.out_slices, g.out_plane()}, x.options());
+  // Allocated in its final 5-D shape and returned as is: an op output must not be a view.
+  const std::vector<int64_t> shape{g.batch, g.out_channels, g.out_slices, g.out_height, g.out_width};
+  at::Tensor y5 = direct ? at::empty(shape, x.options()) : at::zeros(shape, x.options());
+  at::Tensor y = y5.view({g.batch, g.out_channels, g.out_slices, g.out_plane()});
   for (const Job& job : jobs) {
     const int64_t pairs = job.out_slices.size();
     const at::Tensor filter = job_filter(weight4, basis_box(basis, job), job);
@@ -129,7 +131,7 @@ at::Tensor forward_cpu(const at::Tensor& x, const at::Tensor& weight4, const at:
     }
   }
   if (has_bias && !direct) y.add_(bias->view({1, -1, 1, 1}));
-  return y;
+  return y5;
 }
 
 // (grad_x [B, C, T_in, H, W] or empty, grad_weight4 [O, C, A, F] or empty).
@@ -177,9 +179,8 @@ at::Tensor lift_conv_forward_cpu(const at::Tensor& x, const at::Tensor& weight,
                                  int64_t stride, int64_t padding, at::IntArrayRef support) {
   check_cpu(x);
   const Geometry g = lift_geometry(x, weight, basis, stride, padding, support);
-  at::Tensor y = forward_cpu(x.unsqueeze(2), weight.unsqueeze(2), basis, bias, g,
-                             lift_jobs(g.out_slices, support));
-  return y.view({g.batch, g.out_channels, g.out_slices, g.out_height, g.out_width});
+  return forward_cpu(x.unsqueeze(2), weight.unsqueeze(2), basis, bias, g,
+                     lift_jobs(g.out_slices, support));
 }
 
 std::tuple<at::Tensor, at::Tensor> lift_conv_backward_cpu(
@@ -190,7 +191,9 @@ std::tuple<at::Tensor, at::Tensor> lift_conv_backward_cpu(
   const Geometry g = lift_geometry(x, weight, basis, stride, padding, support);
   auto [grad_x, grad_w] = backward_cpu(grad_y, x.unsqueeze(2), weight.unsqueeze(2), basis, g,
                                        lift_jobs(g.out_slices, support), output_mask);
-  return {output_mask[0] ? grad_x.squeeze(2) : grad_x, output_mask[1] ? grad_w.squeeze(2) : grad_w};
+  // Copies, not views: op outputs must not be views (autograd may update them in place).
+  return {output_mask[0] ? grad_x.squeeze(2).clone() : grad_x,
+          output_mask[1] ? grad_w.squeeze(2).clone() : grad_w};
 }
 
 at::Tensor group_conv_forward_cpu(const at::Tensor& x, const at::Tensor& weight,
@@ -201,10 +204,9 @@ at::Tensor group_conv_forward_cpu(const at::Tensor& x, const at::Tensor& weight,
   check_cpu(x);
   const Geometry g = group_geometry(x, weight, basis, num_rotations, rotation_size, scale_size,
                                     stride, padding, support);
-  at::Tensor y = forward_cpu(x, weight, basis, bias, g,
-                             group_jobs(num_rotations, g.out_slices / num_rotations, rotation_size,
-                                        scale_size, support));
-  return y.view({g.batch, g.out_channels, g.out_slices, g.out_height, g.out_width});
+  return forward_cpu(x, weight, basis, bias, g,
+                     group_jobs(num_rotations, g.out_slices / num_rotations, rotation_size,
+                                scale_size, support));
 }
 
 std::tuple<at::Tensor, at::Tensor> group_conv_backward_cpu(
