@@ -51,8 +51,11 @@ BASELINES = {
 
 
 # STL-10 WRN-16-8s; the SES ones with rotation_size 1 (the original crashes without it).
-STL = {"wrn_16_8": 10_961_370, "wrn_16_8_ses_a": 10_961_370, "wrn_16_8_ses_b": 10_961_370,
+STL = {"wrn_16_8": 10_961_370, "wrn_16_8_kanazawa": 10_961_370, "wrn_16_8_xu": 10_975_770,
+       "wrn_16_8_dss": 10_939_482, "wrn_16_8_ss": 10_846_835,
+       "wrn_16_8_ses_a": 10_961_370, "wrn_16_8_ses_b": 10_961_370,
        "wrn_16_8_ses_c": 10_979_802}
+STL_SCALE_BASELINES = ["wrn_16_8_kanazawa", "wrn_16_8_xu", "wrn_16_8_dss", "wrn_16_8_ss"]
 
 
 def _rotation_size(name):
@@ -221,29 +224,16 @@ def test_kanazawa_keeps_images_apart_when_stacking_scales_on_the_batch_axis():
         torch.testing.assert_close(model(x[1:]), model(x)[1:], rtol=1e-4, atol=1e-5)
 
 
-def _ses_layers_without_bias_build():
-    """rstfast.nn layers with ``bias=False`` (used by the SES WRNs) build in this checkout."""
-    try:
-        LiftingConv(1, 1, 7, 3, bias=False, basis_type="A")
-    except KeyError:
-        return False
-    return True
-
-
-needs_biasless_layers = pytest.mark.skipif(
-    not _ses_layers_without_bias_build(),
-    reason="rstfast.nn.modules: LiftingConv(bias=False) raises KeyError (register_parameter "
-           "after self.bias = None); fix pending in the layers' owner's file")
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=needs_biasless_layers) if "_ses_" in n
-                                  else n for n in sorted(STL)])
+@pytest.mark.parametrize("name", sorted(STL))
 def test_stl_wide_resnets(name):
     model = models.get(name, backend="reference")
     assert num_parameters(model) == STL[name]
-    if name in ("wrn_16_8", "wrn_16_8_ses_b"):     # plain, and max-project + re-lift blocks
-        with torch.no_grad():
+    with torch.no_grad():
+        if name in ("wrn_16_8", "wrn_16_8_ses_b"):     # plain, and max-project + re-lift blocks
             assert model(torch.randn(2, 3, 8, 8)).shape == (2, 10)
+        if name in STL_SCALE_BASELINES:                 # an STL-10 image, inference mode
+            logits = model.eval()(torch.randn(1, 3, 96, 96))
+            assert logits.shape == (1, 10) and torch.isfinite(logits).all()
     assert models.get(name, num_classes=7).fc.out_features == 7
 
 

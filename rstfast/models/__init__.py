@@ -9,8 +9,8 @@ State-dict keys, shapes and buffers equal the original's, so its checkpoints loa
 ``mnist_ses_*``, 'D1' for ``mnist_res_*``; ignored by models without a basis) and ``backend``
 (passed to every rstfast layer) are read, every other keyword is ignored.
 
-STL-10 (96x96 RGB): ``wrn_16_8`` and ``wrn_16_8_ses_{a,b,c}`` (see :mod:`.stl`); the original's
-``wrn_16_8_{kanazawa,xu,dss,ss}`` are not included.
+STL-10 (96x96 RGB): ``wrn_16_8``, ``wrn_16_8_{kanazawa,xu,dss,ss}`` and ``wrn_16_8_ses_{a,b,c}``
+(see :mod:`.stl`).
 
 Fashion-MNIST: the original trains the same ``mnist_*`` factories on Fashion-MNIST; every
 ``mnist_<rest>`` is also registered as ``fmnist_<rest>``, the identical architecture.

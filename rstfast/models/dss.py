@@ -59,31 +59,54 @@ class BesselBlur(nn.Module):
 
 
 class DilatedScaleConv(nn.Module):
-    """Scale convolution with scale-kernel size 1: ``weights`` ``[O, C, 1, K, K]`` (He init,
-    ``N(0, 2/(K*K*C))``), the same filter on every scale, dilated by ``base**s`` at scale ``s``."""
+    """Scale convolution: ``weights`` ``[O, C, L, K, K]`` (He init, ``N(0, 2/(K*K*L*C))``), ``L``
+    = ``scale_kernel_size``. ``[B, C, S', H, W] -> [B, O, S, H', W']`` with ``S`` = ``num_scales``
+    (``S' >= S``; extra input scales are ignored): output scale ``s`` convolves input scales
+    ``s .. min(s+L, S)-1`` with ``weights[:, :, :L']``, dilation ``base**s``, padding
+    ``base**s * (K//2)``, stride ``stride``."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 7,
-                 base: int = BASE, num_scales: int = NUM_SCALES):
+                 base: int = BASE, num_scales: int = NUM_SCALES, scale_kernel_size: int = 1,
+                 stride: int = 1):
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size = kernel_size
+        self.scale_kernel_size = scale_kernel_size
+        self.stride = stride
         self.dilations = [int(d) for d in np.power(base, np.arange(num_scales))]
-        self.weights = nn.Parameter(torch.empty(out_channels, in_channels, 1, kernel_size,
-                                                kernel_size))
+        self.weights = nn.Parameter(torch.empty(out_channels, in_channels, scale_kernel_size,
+                                                kernel_size, kernel_size))
         self.register_buffer("bias", None)
-        n = kernel_size * kernel_size * in_channels
+        n = kernel_size * kernel_size * scale_kernel_size * in_channels
         with torch.no_grad():
             self.weights.normal_(0, math.sqrt(2. / n))
 
+    def reset_parameters_delta(self) -> None:
+        """Yu & Koltun's identity ('delta') init: ``U(-0.01, 0.01)``, then the centre tap of every
+        scale set to ``g/O`` (``g = gcd(C, O)``) where ``floor(c*g/C) == floor(o*g/O)``."""
+        groups = math.gcd(self.in_channels, self.out_channels)
+        out_group = torch.arange(self.out_channels) * groups // self.out_channels
+        in_group = torch.arange(self.in_channels) * groups // self.in_channels
+        centre = self.kernel_size // 2
+        with torch.no_grad():
+            self.weights.uniform_(-1e-2, 1e-2)
+            connected = out_group[:, None] == in_group[None, :]
+            self.weights[:, :, :, centre, centre][connected] = groups / self.out_channels
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = self.weights[:, :, 0]
         overlap = self.kernel_size // 2
-        outputs = [F.conv2d(x[:, :, s], weight, padding=d * overlap, dilation=d)
-                   for s, d in enumerate(self.dilations)]
+        num_scales = len(self.dilations)
+        outputs = []
+        for s, d in enumerate(self.dilations):
+            end = min(s + self.scale_kernel_size, num_scales)
+            weight = self.weights[:, :, :end - s].flatten(1, 2)       # [O, C*L'], c*L' + l
+            outputs.append(F.conv2d(x[:, :, s:end].flatten(1, 2), weight, stride=self.stride,
+                                    padding=d * overlap, dilation=d))
         return torch.stack(outputs, 2)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}->{self.out_channels}, kernel_size={self.kernel_size}, "
+                f"scale_kernel_size={self.scale_kernel_size}, stride={self.stride}, "
                 f"dilations={self.dilations}")
 
 

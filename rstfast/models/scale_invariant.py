@@ -58,7 +58,8 @@ class KanazawaConv2d(nn.Conv2d):
 
 class XuConv2d(nn.Conv2d):
     """One ``K x K`` filter bank rescaled to every scale (zero-padded to ``int(K*max(scales))``
-    first; 'nearest' to enlarge, 'bilinear' to shrink; each filter's L1 norm kept).
+    first; 'nearest' to enlarge, 'bilinear' to shrink; each filter's L1 norm kept). ``K = 1``:
+    the same 1x1 filters on every scale, padding 0.
 
     ``[B, G*C, H, W] -> [B, S*O, H', W']`` with output channel ``s*O + o``; ``G`` =
     ``num_input_scales`` (1 for the first layer, else ``S``: scale column ``s`` reads input
@@ -68,13 +69,13 @@ class XuConv2d(nn.Conv2d):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int,
                  scales: Sequence[float] = (1,), stride: int = 1, num_input_scales: int = 1):
-        if kernel_size < 3:
-            raise ValueError(f"kernel_size: expected an int >= 3 (the filter is rescaled), "
+        if kernel_size == 2 or kernel_size < 1:
+            raise ValueError(f"kernel_size: expected 1 or an int >= 3 (the filter is rescaled), "
                              f"got {kernel_size}")
         if num_input_scales not in (1, len(scales)):
             raise ValueError(f"num_input_scales: expected 1 or len(scales) = {len(scales)}, "
                              f"got {num_input_scales}")
-        padding = int(kernel_size * max(scales)) // 2
+        padding = int(kernel_size * max(scales)) // 2 if kernel_size > 1 else 0
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
                          bias=False)
         self.scales = [float(s) for s in scales]
@@ -83,6 +84,8 @@ class XuConv2d(nn.Conv2d):
     def rescaled_kernels(self) -> torch.Tensor:
         """``[S*O, C, K', K']`` filters, scale-major."""
         k = self.kernel_size[0]
+        if k == 1:
+            return self.weight.repeat(len(self.scales), 1, 1, 1)
         pad = math.ceil((int(k * max(self.scales)) - k) / 2)
         kernel = F.pad(self.weight, (pad, pad, pad, pad))
         norm = torch.linalg.vector_norm(kernel, ord=1, dim=(2, 3), keepdim=True)

@@ -64,28 +64,31 @@ class SteerableBank(nn.Module):
     """Fixed filter bank and trainable coefficients of one layer (the original's
     ``steerable_conv``); calling it returns one ``[O, C, n, n]`` filter per kernel size ``n``.
 
+    ``k_range``: radial frequencies (``Nk`` of them); ``reference_size``: the kernel size of
+    scale 1 (size ``n`` is steered to ``n / reference_size``).
     Parameters as the original (names, shapes, order): ``mult_real``, ``mult_imag``
-    ``[3, O, C, 9]``; ``filter_real``, ``filter_imag`` ``[3, M, M, 9]`` (``requires_grad=False``);
-    ``const_real`` ``[O, C]`` (trainable, unused, as in the original).
+    ``[Nk, O, C, 9]``; ``filter_real``, ``filter_imag`` ``[Nk, M, M, 9]``
+    (``requires_grad=False``); ``const_real`` ``[O, C]`` (trainable, unused, as in the original).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, ker_size_range):
+    def __init__(self, in_channels: int, out_channels: int, ker_size_range,
+                 k_range=K_RANGE, reference_size: int = REFERENCE_SIZE):
         super().__init__()
         self.ker_size_range = [int(n) for n in ker_size_range]
-        self.scale_range = [n / REFERENCE_SIZE for n in self.ker_size_range]
+        self.scale_range = [n / reference_size for n in self.ker_size_range]
         self.max_size = self.ker_size_range[-1]
         num_funcs = len(PHI_RANGE)
-        shape = (len(K_RANGE), out_channels, in_channels, num_funcs)
+        shape = (len(k_range), out_channels, in_channels, num_funcs)
         self.mult_real = nn.Parameter(torch.empty(shape))
         self.mult_imag = nn.Parameter(torch.empty(shape))
-        bank_shape = (len(K_RANGE), self.max_size, self.max_size, num_funcs)
+        bank_shape = (len(k_range), self.max_size, self.max_size, num_funcs)
         self.filter_real = nn.Parameter(torch.zeros(bank_shape), requires_grad=False)
         self.filter_imag = nn.Parameter(torch.zeros(bank_shape), requires_grad=False)
         self.const_real = nn.Parameter(torch.empty(out_channels, in_channels))
-        self.effective_k = np.zeros(len(K_RANGE))
-        init_var = torch.zeros(len(K_RANGE), num_funcs)         # He-like variance per function
+        self.effective_k = np.zeros(len(k_range))
+        init_var = torch.zeros(len(k_range), num_funcs)         # He-like variance per function
         with torch.no_grad():
-            for i, k in enumerate(K_RANGE):
+            for i, k in enumerate(k_range):
                 for f, phi0 in enumerate(PHI_RANGE):
                     real, imag, self.effective_k[i] = harmonic_filter(self.max_size, phi0,
                                                                       SIGMA_PHI, k, PHASE)
@@ -97,7 +100,7 @@ class SteerableBank(nn.Module):
                     self.filter_imag[i, :, :, f] = torch.from_numpy(imag)
             self.const_real.uniform_(-0.00001, 0.00001)
             for f in range(num_funcs):
-                for i in range(len(K_RANGE)):
+                for i in range(len(k_range)):
                     bound = torch.sqrt(init_var[i, f])
                     self.mult_real[i, :, :, f].uniform_(-bound, bound)
                     self.mult_imag[i, :, :, f].uniform_(-bound, bound)
@@ -122,17 +125,24 @@ class SteerableBank(nn.Module):
 
 
 class ScaleConvSteering(nn.Module):
-    """``[B, C, H, W] -> [B, O, H, W]``: ReLU of the max over the steered filters (stride 1)."""
+    """``[B, C, H, W] -> [B, O, H', W']``: max over the steered filters (padding ``n // 2``,
+    stride ``stride``), then ReLU if ``relu``. ``k_range``, ``reference_size``: see
+    :class:`SteerableBank`."""
 
-    def __init__(self, in_channels: int, out_channels: int, ker_size_range):
+    def __init__(self, in_channels: int, out_channels: int, ker_size_range, k_range=K_RANGE,
+                 reference_size: int = REFERENCE_SIZE, stride: int = 1, relu: bool = True):
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels
-        self.steer_conv = SteerableBank(in_channels, out_channels, ker_size_range)
+        self.stride, self.relu = stride, relu
+        self.steer_conv = SteerableBank(in_channels, out_channels, ker_size_range, k_range,
+                                        reference_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        outputs = [F.conv2d(x, weight, padding=(weight.shape[-1] - 1) // 2).unsqueeze(-1)
+        outputs = [F.conv2d(x, weight, stride=self.stride,
+                            padding=(weight.shape[-1] - 1) // 2).unsqueeze(-1)
                    for weight in self.steer_conv()]
-        return F.relu(torch.cat(outputs, -1).max(-1)[0])
+        strength = torch.cat(outputs, -1).max(-1)[0]
+        return F.relu(strength) if self.relu else strength
 
 
 class MNIST_SS(nn.Module):
