@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Create (or reuse) the virtual environment .venv and install rstfast into it, with extras "$@".
-# Installs the local CPU wheel torch==2.13.0 where it exists (seconds), otherwise whatever pip
-# resolves. Source it: `source scripts/setup_env.sh test train`.
+# Create (or reuse) the virtual environment .venv (or $RSTFAST_VENV) and install rstfast into it,
+# with extras "$@". Installs the local CPU wheel torch==2.13.0 where it exists (seconds), otherwise
+# whatever pip resolves. Usage: `bash scripts/setup_env.sh train && .venv/bin/python -m rstfast.train ...`
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${RSTFAST_VENV:-$ROOT/.venv}"
@@ -20,4 +20,3 @@ EXTRAS=$(IFS=,; echo "$*")
 SPEC="$ROOT"; [ -n "$EXTRAS" ] && SPEC="$ROOT[$EXTRAS]"
 echo "[setup] installing rstfast${EXTRAS:+[$EXTRAS]} (editable)"
 "$PY" -m pip install -q -e "$SPEC"
-export PATH="$VENV/bin:$PATH"
