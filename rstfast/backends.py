@@ -79,7 +79,11 @@ def _load(name: str, device: torch.device) -> Tuple[Optional[ModuleType], Option
         module = importlib.import_module(_MODULES[name])
     except ImportError as exc:
         return None, f"cannot import {_MODULES[name]}: {exc}"
-    reason = module.unavailable_reason(device) if hasattr(module, "unavailable_reason") else None
+    missing = [f for f in ("unavailable_reason", "lift_conv", "group_conv")
+               if not hasattr(module, f)]
+    if missing:
+        return None, f"{_MODULES[name]} lacks {', '.join(missing)} (not a backend module)"
+    reason = module.unavailable_reason(device)
     return (None, reason) if reason else (module, None)
 
 

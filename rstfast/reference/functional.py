@@ -19,8 +19,13 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["expand_filter", "lift_conv", "group_conv", "group_conv_1x1", "max_projection",
+__all__ = ["unavailable_reason", "expand_filter", "lift_conv", "group_conv", "group_conv_1x1", "max_projection",
            "basis_support"]
+
+
+def unavailable_reason(device) -> Optional[str]:
+    """The reference runs wherever PyTorch does (backend contract, see rstfast.backends)."""
+    return None
 
 
 def expand_filter(weight: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
