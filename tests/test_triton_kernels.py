@@ -284,6 +284,20 @@ def test_unavailable_reason():
     assert "CUDA" in tk.unavailable_reason(torch.device("meta"))
 
 
+@pytest.mark.parametrize("triton_version,numpy_version,usable", [
+    ("3.6.0", "2.4.1", False), ("3.6.0", "2.3.5", True), ("3.7.1", "2.4.1", True),
+    ("3.10.0+git1234", "2.5.0", True)])
+def test_interpreter_version_guard(triton_version, numpy_version, usable, monkeypatch):
+    import numpy
+    import triton
+    monkeypatch.setattr(triton, "__version__", triton_version)
+    monkeypatch.setattr(numpy, "__version__", numpy_version)
+    reason = tk.jit.interpreter_unusable_reason()
+    assert (reason is None) == usable
+    if not usable:
+        assert triton_version in reason and "NumPy" in reason
+
+
 def test_bad_arguments_name_the_argument():
     x, weight, bias, basis, args = _inputs(GROUP_CASES["G-R1S3-Ls2-pad-b3"], lifting=False)
     with pytest.raises(TypeError, match="x:.*float64"):

@@ -41,7 +41,7 @@ def unavailable_reason(device) -> Optional[str]:
     if device.type == "cuda":
         return None
     if device.type == "cpu" and jit.interpreting():
-        return None
+        return jit.interpreter_unusable_reason()
     return (f"Triton kernels need a CUDA device, or TRITON_INTERPRET=1 on CPU "
             f"(got device {device})")
 

@@ -12,7 +12,8 @@ from typing import Callable, Dict, List, Optional
 import torch
 import triton
 
-__all__ = ["LazyKernel", "lazy_kernel", "interpreting", "dot_options", "ALLOW_TF32"]
+__all__ = ["LazyKernel", "lazy_kernel", "interpreting", "interpreter_unusable_reason", "dot_options",
+           "ALLOW_TF32"]
 
 # float32 inputs use exact IEEE products in tl.dot unless this is True (or RSTFAST_TRITON_TF32=1).
 ALLOW_TF32 = os.environ.get("RSTFAST_TRITON_TF32", "0") == "1"
@@ -24,6 +25,23 @@ def interpreting() -> bool:
     if knobs is not None:
         return bool(knobs.runtime.interpret)
     return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+
+
+def _version(text: str) -> tuple:
+    return tuple(int(part) for part in text.split("+")[0].split(".")[:2])
+
+
+def interpreter_unusable_reason() -> Optional[str]:
+    """Why this Triton's CPU interpreter cannot run the kernels, or None.
+
+    Triton < 3.7 turns a scalar kernel argument used as a loop bound into ``int(array of shape
+    [1])``, which NumPy >= 2.4 rejects (``TypeError: only 0-dimensional arrays ...``).
+    """
+    import numpy
+    if _version(triton.__version__) < (3, 7) and _version(numpy.__version__) >= (2, 4):
+        return (f"the CPU interpreter of Triton {triton.__version__} fails with NumPy "
+                f"{numpy.__version__}; expected Triton >= 3.7 or NumPy < 2.4")
+    return None
 
 
 def dot_options(dtype: torch.dtype) -> dict:
