@@ -98,7 +98,7 @@ def _header(data: dict, device: str) -> List[str]:
         "zero-padded scale (what the original executes); non-zero = taps inside the per-scale "
         "support only (spec layers.md §5), filter expansion included, backward = input-gradient "
         "+ weight-gradient passes. Speed-up vs X = median time of X / median time of the backend "
-        "(same run). `reference` is the expand-the-filter + one grouped conv2d way; `original` is "
+        "(same run). `reference` is the expand-the-filter + grouped conv2d way; `original` is "
         "the original algorithm (benchmarks/original.py).",
         "",
     ]

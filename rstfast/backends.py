@@ -38,14 +38,13 @@ FALLBACK = {
     "reference": (),
 }
 
-# What "auto" tries, in order, per device type, and per (device type, op) where the measured winner
-# differs by op. On CPU the C++ extension is 2.4-2.9x faster than the original and the reference for
-# the group layers (forward+backward, benchmarks/results/cpu_report.md) but slower on lifting layers,
-# so "auto" uses it for group_conv only. RSTFAST_AUTO_CPU overrides the CPU order for every op.
-AUTO_ORDER: Dict[object, Tuple[str, ...]] = {
+# What "auto" tries, in order, per device type. On CPU the C++ extension is 1.7-4.5x faster than
+# the original and the reference for whole training steps of the paper models (batch 8,
+# benchmarks/results/cpu_report.md) with 0.16-0.58x the memory. RSTFAST_AUTO_CPU overrides the
+# CPU order.
+AUTO_ORDER: Dict[str, Tuple[str, ...]] = {
     "cuda": ("triton", "cuda", "reference"),
-    "cpu": ("reference",),
-    ("cpu", "group_conv"): ("cpp", "reference"),
+    "cpu": ("cpp", "reference"),
 }
 
 _warned = set()
@@ -93,21 +92,25 @@ def _warn_once(message: str) -> None:
         warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
-def _auto_order(device: torch.device, op: Optional[str]) -> Tuple[str, ...]:
+def _auto_order(device: torch.device) -> Tuple[str, ...]:
     if device.type == "cpu" and os.environ.get("RSTFAST_AUTO_CPU"):
-        return tuple(os.environ["RSTFAST_AUTO_CPU"].split(",")) + ("reference",)
-    return AUTO_ORDER.get((device.type, op)) or AUTO_ORDER.get(device.type, ("reference",))
+        names = tuple(name.strip() for name in os.environ["RSTFAST_AUTO_CPU"].split(","))
+        unknown = [name for name in names if name not in _MODULES]
+        if unknown:
+            raise ValueError(f"RSTFAST_AUTO_CPU: expected comma-separated backends from "
+                             f"{tuple(_MODULES)}, got unknown {unknown}")
+        return names + ("reference",)
+    return AUTO_ORDER.get(device.type, ("reference",))
 
 
-def resolve(backend: str, device: torch.device, op: Optional[str] = None) -> ModuleType:
-    """The backend module that runs ``op`` ("lift_conv" / "group_conv"; None: any) for
-    ``backend`` on ``device`` (cached per triple)."""
-    key = (backend, str(device), op)
+def resolve(backend: str, device: torch.device) -> ModuleType:
+    """The backend module that runs ``backend`` on ``device`` (cached per pair)."""
+    key = (backend, str(device))
     if key in _resolved:
         return _resolved[key]
     check_backend_name(backend)
     if backend == "auto":
-        chain = _auto_order(device, op)
+        chain = _auto_order(device)
     else:
         chain = (backend,) + FALLBACK[backend]
     failures = []

@@ -160,6 +160,7 @@ def test_layer_with_backend_cpp(cpp):
     from rstfast import backends
     from rstfast.nn import GroupConv
     assert backends.resolve("cpp", torch.device("cpu")) is cpp
+    assert backends.resolve("auto", torch.device("cpu")) is cpp       # measured fastest on CPU
     arrays, meta = load_golden("layer_group_E_rot8_Lr4_Ls1.npz")
     a = meta["args"]
     layer = GroupConv(a["in_channels"], a["out_channels"], a["scale_size"], a["rotation_size"],

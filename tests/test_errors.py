@@ -114,3 +114,14 @@ def test_unavailable_backend_warns_and_falls_back(monkeypatch):
     layer.backend = "reference"
     assert torch.equal(y, layer(x))
     backends.clear_cache()
+
+
+def test_auto_cpu_order_override(monkeypatch):
+    backends.clear_cache()
+    monkeypatch.setenv("RSTFAST_AUTO_CPU", "reference")
+    assert backends.resolve("auto", torch.device("cpu")) is rstfast.reference.functional
+    backends.clear_cache()
+    monkeypatch.setenv("RSTFAST_AUTO_CPU", "cpp,fast")
+    with pytest.raises(ValueError, match=r"RSTFAST_AUTO_CPU.*unknown \['fast'\]"):
+        backends.resolve("auto", torch.device("cpu"))
+    backends.clear_cache()

@@ -73,8 +73,8 @@ class _RotoScaleConv(nn.Module):
                              f"kernel_size {self.kernel_size}; expected H, W >= "
                              f"{self.kernel_size - 2 * self.padding}")
 
-    def _backend(self, x: torch.Tensor, op: str):
-        return backends.resolve(self.backend, x.device, op)
+    def _backend(self, x: torch.Tensor):
+        return backends.resolve(self.backend, x.device)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}->{self.out_channels} | basis={self.basis_type} "
@@ -99,7 +99,7 @@ class LiftingConv(_RotoScaleConv):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _checks.feature_map(x, name="x", ndim=4, channels=self.in_channels, like=self.weight)
         self._check_spatial(x)
-        return self._backend(x, "lift_conv").lift_conv(x, self.weight, self.basis, self.bias,
+        return self._backend(x).lift_conv(x, self.weight, self.basis, self.bias,
                                                        self.stride, self.padding, self.support)
 
 
@@ -130,7 +130,7 @@ class GroupConv(_RotoScaleConv):
         _checks.feature_map(x, name="x", ndim=5, channels=self.in_channels,
                             groups=self.group_size, like=self.weight)
         self._check_spatial(x)
-        return self._backend(x, "group_conv").group_conv(x, self.weight, self.basis, self.bias,
+        return self._backend(x).group_conv(x, self.weight, self.basis, self.bias,
                                                          self.num_rotations, self.rotation_size,
                                                          self.scale_size, self.stride,
                                                          self.padding, self.support)
