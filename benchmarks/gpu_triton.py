@@ -4,7 +4,7 @@ Layers of ``mnist_ses_vector_56_rot_8_interrot_4`` and ``mnist_ses_scalar_56_rot
 K = 15, R = 8, S = 4, scales [1.7, 2.45, 3.54, 5.1], padding 7, bias): lifting 1->32 @ 56x56,
 then 32->63 @ 28x28 and 63->95 @ 14x14 (group layers with rotation_size 4 in the vector model,
 lifting layers in the scalar model). Methods: ``original`` (the original algorithm,
-``benchmarks/original.py``), ``reference`` (expand the dense filter + one conv2d), ``triton``
+``benchmarks/original.py``), ``reference`` (expand the dense filter + one grouped cuDNN conv2d), ``triton``
 (float32, exact), ``triton-tf32`` and ``triton-bf16`` (autocast) for information. TF32 is off for
 cuDNN and matmul. TFLOP/s count only the non-zero taps (spec layers.md §5); forward+backward
 counts 3x the forward work. Writes one JSON file.

@@ -9,8 +9,8 @@ Index conventions (see ``spec/layers.md``):
 * output rotation ``r`` reads input rotations ``(r + i) mod R`` (circular), output scale ``s`` reads
   input scale ``s + j`` or zero when ``s + j >= S``; the filter of output ``t`` is the basis slice ``t``.
 
-Clarity first: the filter is expanded densely and the convolution is a grouped ``conv2d`` (one
-per output rotation).
+Clarity first: the filter is expanded densely and the convolution is one grouped ``conv2d`` (on CPU
+one per output rotation).
 Autograd, float64 and any device work as for ordinary PyTorch code.
 """
 from __future__ import annotations
@@ -89,13 +89,14 @@ def group_conv(x: torch.Tensor, weight: torch.Tensor, basis: torch.Tensor,
         num_groups * out_channels, in_channels * num_offsets, k, k)
     slab = _neighbourhood(x, num_rotations, rotation_size, scale_size)  # [B, C, A, T, H, W]
     slab = slab.permute(0, 3, 1, 2, 4, 5).reshape(b, num_groups * in_channels * num_offsets, h, w)
-    # One grouped conv (a group per slice t) for each output rotation's S slices: with all T
-    # groups in one call, oneDNN's weight gradient drops to its naive implementation for the
-    # paper's larger layers (130 s instead of 2 s for 63 -> 95 channels at 14 px, Lr = 4).
-    num_scales = num_groups // num_rotations
-    y = torch.cat([F.conv2d(slab_r, kernel_r, stride=stride, padding=padding, groups=num_scales)
-                   for slab_r, kernel_r in zip(slab.chunk(num_rotations, dim=1),
-                                               kernel.chunk(num_rotations, dim=0))], dim=1)
+    # A group per slice t. On CPU one call per output rotation (its S slices): with all T groups
+    # in one call, oneDNN's weight gradient drops to its naive implementation for the paper's
+    # larger layers (130 s instead of 2 s for 63 -> 95 channels at 14 px, Lr = 4).
+    calls = num_rotations if x.device.type == "cpu" else 1
+    y = torch.cat([F.conv2d(slab_part, kernel_part, stride=stride, padding=padding,
+                            groups=num_groups // calls)
+                   for slab_part, kernel_part in zip(slab.chunk(calls, dim=1),
+                                                     kernel.chunk(calls, dim=0))], dim=1)
     y = y.view(b, num_groups, out_channels, *y.shape[-2:]).transpose(1, 2)
     if bias is not None:
         y = y + bias.to(y.dtype).view(1, -1, 1, 1, 1)
