@@ -131,6 +131,39 @@ def test_no_bias_and_frozen_input(cpp):
     assert_close_to_max(grad_w, grad_ref, 1e-5, "grad weight")
 
 
+@pytest.mark.parametrize("backward_inside", [False, True], ids=["backward-after", "backward-inside"])
+@pytest.mark.parametrize("layer", ["lift", "group"])
+def test_cpu_autocast_bfloat16(cpp, layer, backward_inside):
+    """Under torch.autocast("cpu", bfloat16) the CPU op computes in float32 and returns bfloat16:
+    the float32 result rounded once; gradients are float32, equal to the float32 op's gradients
+    for the rounded output's seed. Backward also works inside the autocast block."""
+    basis = golden_basis("E", 4, 3, 9)
+    if layer == "lift":
+        x = torch.randn(2, 2, 11, 11)
+        weight = torch.randn(3, 2, basis.shape[0], requires_grad=True)
+        run = lambda x_, w_: cpp.lift_conv(x_, w_, basis, None, 1, 4, None)
+    else:
+        x = torch.randn(2, 2, 12, 11, 11)
+        weight = torch.randn(3, 2, 2, basis.shape[0], requires_grad=True)
+        run = lambda x_, w_: cpp.group_conv(x_, w_, basis, None, 4, 2, 1, 1, 4, None)
+    y32 = run(x, weight)
+    seed = torch.randn(y32.shape)
+    (grad32,) = torch.autograd.grad(y32, [weight], seed)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = run(x.to(torch.bfloat16), weight)     # a bfloat16 input, as from an autocast layer
+        if backward_inside:
+            (grad,) = torch.autograd.grad(y, [weight], seed.to(torch.bfloat16))
+    if not backward_inside:
+        (grad,) = torch.autograd.grad(y, [weight], seed.to(torch.bfloat16))
+    assert y.dtype == torch.bfloat16 and grad.dtype == torch.float32
+    y_from_rounded_x = run(x.to(torch.bfloat16).float(), weight).detach()
+    assert torch.equal(y.detach(), y_from_rounded_x.to(torch.bfloat16))
+    (grad_rounded,) = torch.autograd.grad(run(x.to(torch.bfloat16).float(), weight), [weight],
+                                          seed.to(torch.bfloat16).float())
+    assert_close_to_max(grad, grad_rounded, 1e-5, "grad weight under autocast")
+    assert_close_to_max(grad, grad32, 2 ** -6, "grad weight vs float32 inputs")
+
+
 @pytest.mark.parametrize("name", ["layer_lift_E_rot8", "layer_group_E_rot8_Lr4_Ls1",
                                   "layer_group_E_rot4_Lr2_Ls2_stride2_pad5"])
 def test_golden_layers(cpp, name):

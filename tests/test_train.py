@@ -137,6 +137,13 @@ def test_real_model_from_the_registry(tmp_path, data_dir):
     assert "mnist_cnn_28" in models.list()
 
 
+def test_equivariant_model_with_amp_on_cpu(tmp_path, data_dir):
+    """--amp on CPU (bfloat16 autocast) through every layer of an RST-CNN with backend auto."""
+    results = run_cli(tmp_path, data_dir, "--epochs", "1", "--model", "mnist_ses_scalar_28_rot_1",
+                      "--amp", "--batch_size", "40", "--no-train-eval")
+    assert results["backend"] == "auto" and 0.0 <= results["acc"] <= 1.0
+
+
 def test_two_process_cpu_training_with_torchrun(tmp_path, data_dir):
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",

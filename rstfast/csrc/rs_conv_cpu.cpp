@@ -15,6 +15,9 @@
 // grad weight = grad Kf contracted with the basis box.
 #include "rs_conv.h"
 
+#include <c10/core/DispatchKeySet.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
+
 #include <map>
 #include <utility>
 
@@ -106,10 +109,17 @@ std::pair<at::Tensor, int64_t> job_input(const at::Tensor& x, const Geometry& g,
   return {slice.narrow(2, shift, g.height - 2 * shift).narrow(3, shift, g.width - 2 * shift), 0};
 }
 
+// The ATen calls below run in the dtype of x even inside torch.autocast (the Python wrapper
+// decides the compute dtype once, for the whole op).
+struct NoAutocast {
+  c10::impl::ExcludeDispatchKeyGuard guard{c10::autocast_dispatch_keyset};
+};
+
 // y [B, O, T, H', W'] from x [B, C, T_in, H, W] and weight4 [O, C, A, F].
 at::Tensor forward_cpu(const at::Tensor& x, const at::Tensor& weight4, const at::Tensor& basis,
                        const std::optional<at::Tensor>& bias, const Geometry& g,
                        const std::vector<Job>& jobs) {
+  const NoAutocast no_autocast;
   const bool has_bias = check_bias(bias, x, g.out_channels);
   const bool direct = single_writer(jobs, g.out_slices);
   // Allocated in its final 5-D shape and returned as is: an op output must not be a view.
@@ -139,6 +149,7 @@ std::tuple<at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad_y, const 
                                                 const at::Tensor& weight4, const at::Tensor& basis,
                                                 const Geometry& g, const std::vector<Job>& jobs,
                                                 std::array<bool, 2> output_mask) {
+  const NoAutocast no_autocast;
   const bool need_x = output_mask[0], need_w = output_mask[1];
   at::Tensor grad_x = need_x ? at::zeros_like(x) : at::empty({0}, x.options());
   at::Tensor grad_w = need_w ? at::zeros_like(weight4) : at::empty({0}, x.options());
