@@ -4,9 +4,10 @@ Layers of ``mnist_ses_vector_56_rot_8_interrot_4`` and ``mnist_ses_scalar_56_rot
 K = 15, R = 8, S = 4, scales [1.7, 2.45, 3.54, 5.1], padding 7, bias): lifting 1->32 @ 56x56,
 then 32->63 @ 28x28 and 63->95 @ 14x14 (group layers with rotation_size 4 in the vector model,
 lifting layers in the scalar model). Methods: ``original`` (the original algorithm,
-``benchmarks/original.py``), ``reference`` (expand the dense filter + one grouped cuDNN conv2d), ``triton``
-(float32, exact), ``triton-tf32`` and ``triton-bf16`` (autocast) for information. TF32 is off for
-cuDNN and matmul. TFLOP/s count only the non-zero taps (spec layers.md §5); forward+backward
+``benchmarks/original.py``), ``reference`` (expand the dense filter + one grouped cuDNN conv2d),
+``triton`` (float32, exact), ``triton-tf32`` and ``triton-bf16`` (autocast) for information, and
+``cuda`` (the C++/CUDA extension) when it builds. TF32 is off for cuDNN and matmul. TFLOP/s count
+only the non-zero taps (spec layers.md §5); forward+backward
 counts 3x the forward work. Writes one JSON file.
 
     python benchmarks/gpu_triton.py --device cuda [--batch 128] [--out FILE]
@@ -71,6 +72,13 @@ def _methods():
     methods["triton"] = (triton_backend, contextlib.nullcontext)
     methods["triton-tf32"] = (triton_backend, tf32)
     methods["triton-bf16"] = (triton_backend, bf16)
+    if DEVICE.type == "cuda":                     # the C++/CUDA extension, for comparison
+        import rstfast.csrc as cuda_backend
+        reason = cuda_backend.unavailable_reason(DEVICE)
+        if reason is None:
+            methods["cuda"] = (cuda_backend, contextlib.nullcontext)
+        else:
+            print(f"CUDA extension unavailable: {reason}", file=sys.stderr)
     return methods
 
 

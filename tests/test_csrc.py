@@ -63,7 +63,29 @@ CASES = [
     ("D1",   4, 1, 4, 1, 1, 0,  12, 11, 3,  9),
     ("G",    8, 4, 2, 2, 2, 4,  11,  9, 3,  9),
 ]
-TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-12}
+TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-12,
+             # bfloat16 storage (CUDA): the output rounded once (unit roundoff 2**-8), float32 sums
+             torch.bfloat16: 2.0 ** -7}
+# (device, dtype): the CPU kernels take float32 / float64, the CUDA kernels float32 / 16-bit.
+DEVICE_DTYPES = [("cpu", torch.float32), ("cpu", torch.float64), ("cuda", torch.float32),
+                 ("cuda", torch.bfloat16)]
+
+
+def device_dtype_id(pair):
+    return f"{pair[0]}-{str(pair[1]).replace('torch.', '')}"
+
+
+@pytest.fixture
+def backend(request, cpp):
+    """The extension for the test's device; CUDA cases skip without a GPU and fail if it is
+    there but the CUDA part does not build."""
+    device = request.node.callspec.params["device_dtype"][0]
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            pytest.skip("no CUDA device")
+        reason = cpp.unavailable_reason(torch.device("cuda"))
+        assert reason is None, f"the CUDA extension must build on a GPU machine: {reason}"
+    return cpp
 
 
 def case_id(case):
@@ -71,24 +93,29 @@ def case_id(case):
     return f"{b}-R{r}S{s}-Lr{lr}Ls{ls}-st{st}p{p}-{h}x{w}-B{n}-K{k}"
 
 
-def _compare(cpp_fn, ref_fn, inputs, dtype, what):
-    """Forward and every gradient of cpp_fn(*inputs) vs ref_fn in float64 on the same values."""
-    ours = [t.detach().to(dtype).requires_grad_(t.requires_grad) for t in inputs]
-    exact = [t.detach().double().requires_grad_(t.requires_grad) for t in inputs]
-    y, y_ref = cpp_fn(*ours), ref_fn(*exact)
-    assert y.dtype == dtype
-    assert_close_to_max(y, y_ref, TOLERANCE[dtype], f"{what} forward")
-    seed = torch.randn(y_ref.shape, dtype=torch.float64)
+def _compare(fn, inputs, basis, device, dtype, what):
+    """Forward and every gradient of ``fn(inputs, basis, True)`` (the extension) on ``device`` in
+    ``dtype`` vs ``fn(inputs, basis, False)``, the reference in float64 on the same
+    ``dtype``-rounded values."""
+    def prepare(t, to):
+        return t.detach().to(dtype).to(**to).requires_grad_(t.requires_grad)
+    ours = [prepare(t, {"device": device}) for t in inputs]
+    exact = [prepare(t, {"dtype": torch.float64}) for t in inputs]
+    y = fn(ours, basis.to(dtype).to(device), True)
+    y_ref = fn(exact, basis.to(dtype).double(), False)
+    assert y.dtype == dtype and y.device.type == device
+    assert_close_to_max(y.cpu(), y_ref, TOLERANCE[dtype], f"{what} forward")
+    seed = torch.randn(y_ref.shape, dtype=torch.float64).to(dtype)
     wanted = [i for i, t in enumerate(inputs) if t.requires_grad]
-    grads = torch.autograd.grad(y, [ours[i] for i in wanted], seed.to(dtype))
-    grads_ref = torch.autograd.grad(y_ref, [exact[i] for i in wanted], seed)
+    grads = torch.autograd.grad(y, [ours[i] for i in wanted], seed.to(device))
+    grads_ref = torch.autograd.grad(y_ref, [exact[i] for i in wanted], seed.double())
     for i, g, g_ref in zip(wanted, grads, grads_ref):
-        assert_close_to_max(g, g_ref, TOLERANCE[dtype], f"{what} grad of input {i}")
+        assert_close_to_max(g.cpu(), g_ref, TOLERANCE[dtype], f"{what} grad of input {i}")
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("device_dtype", DEVICE_DTYPES, ids=device_dtype_id)
 @pytest.mark.parametrize("case", CASES, ids=case_id)
-def test_group_conv_matches_reference(cpp, case, dtype):
+def test_group_conv_matches_reference(backend, case, device_dtype):
     basis_type, r, s, lr, ls, stride, padding, h, w, batch, k = case
     basis = golden_basis(basis_type, r, s, k)
     support = ref.basis_support(basis, r) if CASES.index(case) % 2 == 0 else None
@@ -96,15 +123,15 @@ def test_group_conv_matches_reference(cpp, case, dtype):
     weight = torch.randn(4, 3, lr * ls, basis.shape[0], dtype=torch.float64, requires_grad=True)
     bias = torch.randn(4, dtype=torch.float64, requires_grad=True)
 
-    def run(backend):
-        return lambda x_, w_, b_: backend.group_conv(x_, w_, basis.to(x_.dtype), b_, r, lr, ls,
-                                                     stride, padding, support)
-    _compare(run(cpp), run(ref), (x, weight, bias), dtype, case_id(case))
+    def run(tensors, basis_, extension):
+        return (backend if extension else ref).group_conv(*tensors[:2], basis_, tensors[2], r, lr,
+                                                         ls, stride, padding, support)
+    _compare(run, (x, weight, bias), basis, *device_dtype, case_id(case))
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("device_dtype", DEVICE_DTYPES, ids=device_dtype_id)
 @pytest.mark.parametrize("case", CASES[::2] + CASES[1::4], ids=case_id)
-def test_lift_conv_matches_reference(cpp, case, dtype):
+def test_lift_conv_matches_reference(backend, case, device_dtype):
     basis_type, r, s, _, _, stride, padding, h, w, batch, k = case
     basis = golden_basis(basis_type, r, s, k)
     support = ref.basis_support(basis, r) if CASES.index(case) % 2 == 0 else None
@@ -112,10 +139,10 @@ def test_lift_conv_matches_reference(cpp, case, dtype):
     weight = torch.randn(5, 2, basis.shape[0], dtype=torch.float64, requires_grad=True)
     bias = torch.randn(5, dtype=torch.float64, requires_grad=True)
 
-    def run(backend):
-        return lambda x_, w_, b_: backend.lift_conv(x_, w_, basis.to(x_.dtype), b_, stride,
-                                                    padding, support)
-    _compare(run(cpp), run(ref), (x, weight, bias), dtype, case_id(case))
+    def run(tensors, basis_, extension):
+        return (backend if extension else ref).lift_conv(*tensors[:2], basis_, tensors[2], stride,
+                                                        padding, support)
+    _compare(run, (x, weight, bias), basis, *device_dtype, case_id(case))
 
 
 def test_no_bias_and_frozen_input(cpp):
