@@ -88,7 +88,8 @@ def _compile(kernel, config_index, precision, arch, flag):
     compiled = triton.compile(ASTSource(fn, signature, constexprs),
                               target=GPUTarget("cuda", arch, 32),
                               options={"num_warps": config.num_warps,
-                                       "num_stages": config.num_stages})
+                                       "num_stages": config.num_stages,
+                                       "enable_fp_fusion": False})    # as jit.LazyKernel launches
     ptx = compiled.asm["ptx"]
     return {"cubin_bytes": len(compiled.asm["cubin"]), "shared": compiled.metadata.shared,
             "target": ".target sm_%d" % arch in ptx, "mma": "mma" in ptx,

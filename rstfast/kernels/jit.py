@@ -6,6 +6,7 @@ decoration time, so decorating lazily keeps the kernels usable whatever the impo
 """
 from __future__ import annotations
 
+import functools
 import os
 from typing import Callable, Dict, List, Optional
 
@@ -76,7 +77,10 @@ class LazyKernel:
         if mode not in self._compiled:
             configs = [self.interpreter_config] if mode else self.configs
             self._compiled[mode] = triton.autotune(configs, key=self.key)(triton.jit(self.fn))
-        return self._compiled[mode][grid]
+        # No fusion of separate float multiplies and adds into FMAs: the kernels' float math is
+        # the dot products (unaffected), so results do not depend on Triton's default, which
+        # changes in Triton 3.10.
+        return functools.partial(self._compiled[mode][grid], enable_fp_fusion=False)
 
 
 def lazy_kernel(configs: List[triton.Config], key: List[str], interpreter_config: triton.Config):
