@@ -83,7 +83,8 @@ def _header(data: dict, device: str) -> List[str]:
         + (" — **quick mode** (small shapes)" if run["quick"] else "")
         for run in data["runs"]
     ] + [
-        "* the machine is shared with other jobs: the load average shows how busy it was",
+        "* the load average shows how busy the machine was (about the thread count: nothing else "
+        "running)",
         "",
         "Time: median over the timed rounds, spread = inter-quartile range (device-synchronised; "
         "CUDA events on GPU). Peak memory: "
