@@ -232,6 +232,20 @@ def test_layer_with_backend_cpp(cpp):
     assert_close_to_max(layer(arrays["x"]), arrays["y_f64"], 1e-5, "GroupConv(backend='cpp')")
 
 
+def test_first_call_loads_the_extension(cpp):
+    """In a fresh process, calling an op before anything else builds/loads the extension."""
+    code = textwrap.dedent("""
+        import torch, rstfast.csrc as ext
+        x, w, basis = torch.randn(1, 2, 4, 7, 7), torch.randn(3, 2, 1, 5), torch.randn(5, 4, 3, 3)
+        print(tuple(ext.group_conv(x, w, basis, None, 4, 1, 1, 1, 1).shape))
+        print(tuple(ext.lift_conv(x[:, :, 0], w[:, :, 0], basis).shape))
+    """)
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=REPO, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.split() == ["(1,", "3,", "4,", "7,", "7)", "(1,", "3,", "4,", "5,", "5)"]
+
+
 def test_unavailable_reason_names_the_device(cpp):
     assert cpp.unavailable_reason(torch.device("cpu")) is None
     assert "meta" in cpp.unavailable_reason(torch.device("meta"))

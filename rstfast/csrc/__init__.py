@@ -59,10 +59,10 @@ def _autocast_inputs(x, weight, basis, bias):
     return tuple(t if t is None else t.to(compute) for t in (x, weight, basis, bias)), out_dtype
 
 
-def _run(op, x, weight, basis, bias, *args) -> torch.Tensor:
-    _ready(x)
+def _run(op_name: str, x, weight, basis, bias, *args) -> torch.Tensor:
+    _ready(x)                            # builds and loads the extension: the op exists after it
     (x, weight, basis, bias), out_dtype = _autocast_inputs(x, weight, basis, bias)
-    y = op(x, weight, basis, bias, *args)
+    y = getattr(torch.ops.rstfast, op_name)(x, weight, basis, bias, *args)
     return y if out_dtype is None else y.to(out_dtype)
 
 
@@ -71,7 +71,7 @@ def lift_conv(x: torch.Tensor, weight: torch.Tensor, basis: torch.Tensor,
               support: Optional[Sequence[int]] = None) -> torch.Tensor:
     """Lifting convolution: x ``[B, C, H, W]``, weight ``[O, C, F]``, basis ``[F, T, K, K]``,
     bias ``[O]`` or None -> ``[B, O, T, H', W']``."""
-    return _run(torch.ops.rstfast.lift_conv_forward, x, weight, basis, bias, stride, padding,
+    return _run("lift_conv_forward", x, weight, basis, bias, stride, padding,
                 _support_list(basis, support))
 
 
@@ -81,5 +81,5 @@ def group_conv(x: torch.Tensor, weight: torch.Tensor, basis: torch.Tensor,
                support: Optional[Sequence[int]] = None) -> torch.Tensor:
     """Group convolution: x ``[B, C, T, H, W]`` (``t = r*S + s``), weight ``[O, C, Lr*Ls, F]``
     (``a = i*Ls + j``), basis ``[F, T, K, K]``, bias ``[O]`` or None -> ``[B, O, T, H', W']``."""
-    return _run(torch.ops.rstfast.group_conv_forward, x, weight, basis, bias, num_rotations,
+    return _run("group_conv_forward", x, weight, basis, bias, num_rotations,
                 rotation_size, scale_size, stride, padding, _support_list(basis, support))
