@@ -4,9 +4,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .common import CHANNELS, POOL_SIZE, classifier_head, conv_blocks, for_input_size
+from .common import CHANNELS, POOL_SIZE, classifier_head, conv_blocks, input_size_factories
 
-__all__ = ["MNIST_CNN", "mnist_cnn_28", "mnist_cnn_56", "FACTORIES"]
+__all__ = ["MNIST_CNN", "FACTORIES"]
 
 
 class MNIST_CNN(nn.Module):
@@ -26,14 +26,7 @@ class MNIST_CNN(nn.Module):
         return self.linear(x.reshape(x.size(0), -1))
 
 
-def mnist_cnn_28(**ignored) -> nn.Module:
-    """CNN on 28x28 inputs; keywords (the original CLI's flags) are ignored."""
-    return MNIST_CNN(pool_size=POOL_SIZE[28])
-
-
-def mnist_cnn_56(**ignored) -> nn.Module:
-    """CNN on 28x28 inputs upsampled to 56x56 (the paper's CNN); keywords are ignored."""
-    return for_input_size(MNIST_CNN(pool_size=POOL_SIZE[56]), 56)
-
-
-FACTORIES = {f.__name__: f for f in (mnist_cnn_28, mnist_cnn_56)}
+FACTORIES = input_size_factories(
+    "mnist_cnn", lambda size: MNIST_CNN(pool_size=POOL_SIZE[size]), "CNN", __name__)
+globals().update(FACTORIES)
+__all__ += list(FACTORIES)

@@ -8,11 +8,12 @@ Linear(256 -> 10)``.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Dict, Sequence
 
 import torch.nn as nn
 
-__all__ = ["CHANNELS", "DROPOUT", "POOL_SIZE", "classifier_head", "conv_blocks", "for_input_size"]
+__all__ = ["CHANNELS", "DROPOUT", "POOL_SIZE", "classifier_head", "conv_blocks", "for_input_size",
+           "input_size_factories"]
 
 CHANNELS = (32, 63, 95)
 DROPOUT = 0.7
@@ -50,3 +51,19 @@ def for_input_size(model: nn.Module, input_size: int) -> nn.Module:
     if input_size == 56:
         return nn.Sequential(nn.Upsample(scale_factor=2), model)
     return model
+
+
+def input_size_factories(prefix: str, build: Callable[[int], nn.Module], what: str,
+                         module: str) -> Dict[str, Callable[..., nn.Module]]:
+    """Registry factories ``<prefix>_28`` and ``<prefix>_56`` of a model without basis or backend:
+    ``for_input_size(build(input_size), input_size)``; the registry's keywords are ignored."""
+    def factory_for(input_size: int):
+        def factory(**ignored) -> nn.Module:
+            return for_input_size(build(input_size), input_size)
+        factory.__name__ = factory.__qualname__ = f"{prefix}_{input_size}"
+        factory.__module__ = module
+        factory.__doc__ = (f"{what} on {input_size}x{input_size} inputs"
+                           + (" (28x28 upsampled by 2)" if input_size == 56 else "")
+                           + "; keywords are ignored.")
+        return factory
+    return {f"{prefix}_{size}": factory_for(size) for size in (28, 56)}

@@ -18,11 +18,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from scipy.special import ive
 
-from .common import CHANNELS, POOL_SIZE, classifier_head, for_input_size
+from .common import CHANNELS, POOL_SIZE, classifier_head, input_size_factories
 
 __all__ = ["BesselBlur", "DilatedScaleConv", "ScaleMaxProjection", "MNIST_DSS_Scalar",
-           "MNIST_DSS_Vector", "mnist_dss_scalar_28", "mnist_dss_scalar_56",
-           "mnist_dss_vector_28", "mnist_dss_vector_56", "FACTORIES"]
+           "MNIST_DSS_Vector", "FACTORIES"]
 
 NUM_SCALES = 2
 BASE = 2
@@ -159,25 +158,13 @@ class MNIST_DSS_Vector(nn.Module):
         return self.linear(x.reshape(x.size(0), -1))
 
 
-def mnist_dss_scalar_28(**ignored) -> nn.Module:
-    """DSS scalar on 28x28 inputs; keywords are ignored."""
-    return MNIST_DSS_Scalar(pool_size=POOL_SIZE[28])
-
-
-def mnist_dss_scalar_56(**ignored) -> nn.Module:
-    """DSS scalar on inputs upsampled to 56x56; keywords are ignored."""
-    return for_input_size(MNIST_DSS_Scalar(pool_size=POOL_SIZE[56]), 56)
-
-
-def mnist_dss_vector_28(**ignored) -> nn.Module:
-    """DSS vector on 28x28 inputs; keywords are ignored."""
-    return MNIST_DSS_Vector(pool_size=POOL_SIZE[28])
-
-
-def mnist_dss_vector_56(**ignored) -> nn.Module:
-    """DSS vector on inputs upsampled to 56x56; keywords are ignored."""
-    return for_input_size(MNIST_DSS_Vector(pool_size=POOL_SIZE[56]), 56)
-
-
-FACTORIES = {f.__name__: f for f in (mnist_dss_scalar_28, mnist_dss_scalar_56,
-                                     mnist_dss_vector_28, mnist_dss_vector_56)}
+FACTORIES = {
+    **input_size_factories("mnist_dss_scalar",
+                           lambda size: MNIST_DSS_Scalar(pool_size=POOL_SIZE[size]),
+                           "DSS scalar", __name__),
+    **input_size_factories("mnist_dss_vector",
+                           lambda size: MNIST_DSS_Vector(pool_size=POOL_SIZE[size]),
+                           "DSS vector", __name__),
+}
+globals().update(FACTORIES)
+__all__ += list(FACTORIES)

@@ -17,11 +17,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .common import CHANNELS, POOL_SIZE, classifier_head, conv_blocks, for_input_size
+from .common import CHANNELS, POOL_SIZE, classifier_head, conv_blocks, input_size_factories
 
 __all__ = ["rescale_keep_size", "KanazawaConv2d", "XuConv2d", "MNIST_Kanazawa", "MNIST_XU_Pool",
-           "SCALES", "mnist_kanazawa_28", "mnist_kanazawa_56", "mnist_xu_28", "mnist_xu_56",
-           "FACTORIES"]
+           "SCALES", "FACTORIES"]
 
 SCALES = (0.3, 0.45, 0.67, 1.0, 1.49, 2.23, 3.33)
 
@@ -139,25 +138,12 @@ class MNIST_XU_Pool(nn.Module):
         return self.linear(x.reshape(b, -1))
 
 
-def mnist_kanazawa_28(**ignored) -> nn.Module:
-    """Kanazawa SI-ConvNet on 28x28 inputs; keywords are ignored."""
-    return MNIST_Kanazawa(pool_size=POOL_SIZE[28])
-
-
-def mnist_kanazawa_56(**ignored) -> nn.Module:
-    """Kanazawa SI-ConvNet on inputs upsampled to 56x56; keywords are ignored."""
-    return for_input_size(MNIST_Kanazawa(pool_size=POOL_SIZE[56]), 56)
-
-
-def mnist_xu_28(**ignored) -> nn.Module:
-    """Xu SiCNN on 28x28 inputs; keywords are ignored."""
-    return MNIST_XU_Pool(pool_size=POOL_SIZE[28])
-
-
-def mnist_xu_56(**ignored) -> nn.Module:
-    """Xu SiCNN on inputs upsampled to 56x56; keywords are ignored."""
-    return for_input_size(MNIST_XU_Pool(pool_size=POOL_SIZE[56]), 56)
-
-
-FACTORIES = {f.__name__: f for f in (mnist_kanazawa_28, mnist_kanazawa_56, mnist_xu_28,
-                                     mnist_xu_56)}
+FACTORIES = {
+    **input_size_factories("mnist_kanazawa",
+                           lambda size: MNIST_Kanazawa(pool_size=POOL_SIZE[size]),
+                           "Kanazawa SI-ConvNet", __name__),
+    **input_size_factories("mnist_xu", lambda size: MNIST_XU_Pool(pool_size=POOL_SIZE[size]),
+                           "Xu SiCNN", __name__),
+}
+globals().update(FACTORIES)
+__all__ += list(FACTORIES)

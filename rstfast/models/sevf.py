@@ -16,11 +16,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .common import POOL_SIZE, for_input_size
+from .common import POOL_SIZE, input_size_factories
 
 __all__ = ["ScaleConvScalar", "ScaleConvVector", "VectorBatchNorm", "VectorMaxPool",
-           "vector_magnitude", "MNIST_SEVF_Scalar", "MNIST_SEVF_Vector", "mnist_sevf_scalar_28",
-           "mnist_sevf_scalar_56", "mnist_sevf_vector_28", "mnist_sevf_vector_56", "FACTORIES"]
+           "vector_magnitude", "MNIST_SEVF_Scalar", "MNIST_SEVF_Vector", "FACTORIES"]
 
 
 def vector_magnitude(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -211,25 +210,13 @@ class MNIST_SEVF_Vector(_SEVFHead):
         return self._head(vector_magnitude(*x))
 
 
-def mnist_sevf_scalar_28(**ignored) -> nn.Module:
-    """SEVF scalar on 28x28 inputs; keywords are ignored."""
-    return MNIST_SEVF_Scalar(pool_size=POOL_SIZE[28])
-
-
-def mnist_sevf_scalar_56(**ignored) -> nn.Module:
-    """SEVF scalar on inputs upsampled to 56x56 (the paper's SEVF); keywords are ignored."""
-    return for_input_size(MNIST_SEVF_Scalar(pool_size=POOL_SIZE[56]), 56)
-
-
-def mnist_sevf_vector_28(**ignored) -> nn.Module:
-    """SEVF vector on 28x28 inputs; keywords are ignored."""
-    return MNIST_SEVF_Vector(pool_size=POOL_SIZE[28])
-
-
-def mnist_sevf_vector_56(**ignored) -> nn.Module:
-    """SEVF vector on inputs upsampled to 56x56; keywords are ignored."""
-    return for_input_size(MNIST_SEVF_Vector(pool_size=POOL_SIZE[56]), 56)
-
-
-FACTORIES = {f.__name__: f for f in (mnist_sevf_scalar_28, mnist_sevf_scalar_56,
-                                     mnist_sevf_vector_28, mnist_sevf_vector_56)}
+FACTORIES = {
+    **input_size_factories("mnist_sevf_scalar",
+                           lambda size: MNIST_SEVF_Scalar(pool_size=POOL_SIZE[size]),
+                           "SEVF scalar (the paper's SEVF: _56)", __name__),
+    **input_size_factories("mnist_sevf_vector",
+                           lambda size: MNIST_SEVF_Vector(pool_size=POOL_SIZE[size]),
+                           "SEVF vector", __name__),
+}
+globals().update(FACTORIES)
+__all__ += list(FACTORIES)

@@ -21,10 +21,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .common import POOL_SIZE, for_input_size
+from .common import POOL_SIZE, input_size_factories
 
-__all__ = ["harmonic_filter", "SteerableBank", "ScaleConvSteering", "MNIST_SS", "mnist_ss_28",
-           "mnist_ss_56", "FACTORIES"]
+__all__ = ["harmonic_filter", "SteerableBank", "ScaleConvSteering", "MNIST_SS", "FACTORIES"]
 
 K_RANGE = (0.5, 1, 2)
 PHI_RANGE = tuple(np.linspace(0, np.pi, 9))
@@ -177,14 +176,11 @@ class MNIST_SS(nn.Module):
         return x.view(x.size(0), -1)
 
 
-def mnist_ss_28(**ignored) -> nn.Module:
-    """SS-CNN on 28x28 inputs, kernel sizes 5..13; keywords are ignored."""
-    return MNIST_SS(pool_size=POOL_SIZE[28], ker_size_range=range(5, 15, 2))
-
-
-def mnist_ss_56(**ignored) -> nn.Module:
-    """SS-CNN on inputs upsampled to 56x56, kernel sizes 7..17; keywords are ignored."""
-    return for_input_size(MNIST_SS(pool_size=POOL_SIZE[56], ker_size_range=range(7, 19, 2)), 56)
-
-
-FACTORIES = {f.__name__: f for f in (mnist_ss_28, mnist_ss_56)}
+# Kernel sizes 5..13 at 28x28, 7..17 at 56x56.
+_KERNEL_SIZES = {28: range(5, 15, 2), 56: range(7, 19, 2)}
+FACTORIES = input_size_factories(
+    "mnist_ss",
+    lambda size: MNIST_SS(pool_size=POOL_SIZE[size], ker_size_range=_KERNEL_SIZES[size]),
+    "SS-CNN", __name__)
+globals().update(FACTORIES)
+__all__ += list(FACTORIES)
