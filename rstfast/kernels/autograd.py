@@ -92,16 +92,24 @@ def _geometry(x_shape, out_channels, kernel_size, num_rotations, rotation_size, 
                     stride, padding, len(support))
 
 
+def _problem(x, out_channels, kernel_size, num_rotations, rotation_size, scale_size, stride,
+             padding, support):
+    """Geometry of the convolution of ``x`` and the layout of its filter buffer."""
+    geo = _geometry(x.shape, out_channels, kernel_size, num_rotations, rotation_size, scale_size,
+                    stride, padding, support)
+    layout = filter_layout(tuple(support), geo.num_offsets, num_rotations, geo.in_channels,
+                           out_channels, x.device)
+    return geo, layout
+
+
 @torch.library.custom_op("rstfast_triton::rs_conv", mutates_args=())
 def rs_conv(x: Tensor, filters: Tensor, bias: Optional[Tensor], out_channels: int,
             kernel_size: int, num_rotations: int, rotation_size: int, scale_size: int,
             stride: int, padding: int, support: List[int]) -> Tensor:
     """x ``[B, C, H, W]`` (lifting; then ``rotation_size = scale_size = 1``) or ``[B, C, T, H, W]``,
     filter buffer -> y ``[B, O, T, H', W']`` in x's dtype."""
-    geo = _geometry(x.shape, out_channels, kernel_size, num_rotations, rotation_size, scale_size,
-                    stride, padding, support)
-    layout = filter_layout(tuple(support), geo.num_offsets, num_rotations, geo.in_channels,
-                           out_channels, x.device)
+    geo, layout = _problem(x, out_channels, kernel_size, num_rotations, rotation_size, scale_size,
+                           stride, padding, support)
     return conv_forward(x, filters, bias, geo, layout)
 
 
@@ -119,10 +127,8 @@ def rs_conv_backward(grad_y: Tensor, x: Tensor, filters: Tensor, out_channels: i
                      stride: int, padding: int, support: List[int], need_input: bool,
                      need_filters: bool) -> Tuple[Tensor, Tensor]:
     """(grad_x, float32 grad of the filter buffer); an empty tensor for a gradient not needed."""
-    geo = _geometry(x.shape, out_channels, kernel_size, num_rotations, rotation_size, scale_size,
-                    stride, padding, support)
-    layout = filter_layout(tuple(support), geo.num_offsets, num_rotations, geo.in_channels,
-                           out_channels, x.device)
+    geo, layout = _problem(x, out_channels, kernel_size, num_rotations, rotation_size, scale_size,
+                           stride, padding, support)
     grad_y = grad_y.to(x.dtype)
     grad_x = (conv_backward_input(grad_y, filters, x.shape, x.dtype, geo, layout)
               if need_input else x.new_empty(0))

@@ -14,10 +14,21 @@ import torch
 import triton
 
 __all__ = ["LazyKernel", "lazy_kernel", "interpreting", "interpreter_unusable_reason", "dot_options",
-           "ALLOW_TF32"]
+           "ALLOW_TF32", "GEMM_CONFIGS", "INTERPRETER_CONFIG", "AUTOTUNE_KEY"]
 
 # float32 inputs use exact IEEE products in tl.dot unless this is True (or RSTFAST_TRITON_TF32=1).
 ALLOW_TF32 = os.environ.get("RSTFAST_TRITON_TF32", "0") == "1"
+
+# Implicit-GEMM tile configs every kernel autotunes over (each kernel adds its own), and the one
+# config used on the interpreter (few, large programs: fast on the CPU).
+GEMM_CONFIGS = [
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 32, "BLOCK_K": 32}, num_warps=4, num_stages=4),
+]
+INTERPRETER_CONFIG = triton.Config({"BLOCK_M": 128, "BLOCK_N": 32, "BLOCK_K": 128})
+# Kernel arguments the tuned config is keyed on (the problem shape).
+AUTOTUNE_KEY = ["B", "C", "H", "W", "O", "R", "S", "Lr", "Ls", "K", "stride"]
 
 
 def interpreting() -> bool:

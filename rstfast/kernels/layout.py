@@ -46,6 +46,13 @@ class ConvGeometry(NamedTuple):
     def out_shape(self) -> Tuple[int, ...]:
         return (self.batch, self.out_channels, self.group_size, self.out_height, self.out_width)
 
+    def kernel_args(self) -> Tuple[int, ...]:
+        """The problem sizes every kernel takes, in its argument order
+        ``B, C, H, W, O, Ho, Wo, R, S, Lr, Ls, K, stride, padding``."""
+        return (self.batch, self.in_channels, self.height, self.width, self.out_channels,
+                self.out_height, self.out_width, self.num_rotations, self.num_scales,
+                self.rotation_size, self.scale_size, self.kernel_size, self.stride, self.padding)
+
 
 def geometry(x_shape, out_channels: int, kernel_size: int, num_rotations: int,
              rotation_size: int, scale_size: int, stride: int, padding: int,

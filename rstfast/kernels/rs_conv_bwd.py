@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .jit import dot_options, lazy_kernel
+from .jit import AUTOTUNE_KEY, GEMM_CONFIGS, INTERPRETER_CONFIG, dot_options, lazy_kernel
 from .layout import ConvGeometry, FilterLayout
 
 __all__ = ["conv_backward_input", "conv_backward_filters", "MIN_PIXELS_PER_SPLIT"]
@@ -31,17 +31,12 @@ __all__ = ["conv_backward_input", "conv_backward_filters", "MIN_PIXELS_PER_SPLIT
 TARGET_PROGRAMS = 1024
 MIN_PIXELS_PER_SPLIT = 4096
 
-_KEY = ["B", "C", "H", "W", "O", "R", "S", "Lr", "Ls", "K", "stride"]
-_CONFIGS = [
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=3),
-    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=3),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 32, "BLOCK_K": 32}, num_warps=4, num_stages=4),
+_CONFIGS = GEMM_CONFIGS + [
     triton.Config({"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_K": 64}, num_warps=4, num_stages=3),
 ]
-_INTERPRETER_CONFIG = triton.Config({"BLOCK_M": 128, "BLOCK_N": 32, "BLOCK_K": 128})
 
 
-@lazy_kernel(_CONFIGS, key=_KEY, interpreter_config=_INTERPRETER_CONFIG)
+@lazy_kernel(_CONFIGS, key=AUTOTUNE_KEY, interpreter_config=INTERPRETER_CONFIG)
 def _rs_conv_bwd_input_kernel(
         gy_ptr, w_ptr, dx_ptr, support_ptr, offset_ptr,
         B, C, H, W, O, Ho, Wo, R, S, Lr, Ls, K, stride, padding,
@@ -112,7 +107,7 @@ def _rs_conv_bwd_input_kernel(
              mask=m_ok[:, None] & c_ok[None, :])
 
 
-@lazy_kernel(_CONFIGS, key=_KEY, interpreter_config=_INTERPRETER_CONFIG)
+@lazy_kernel(_CONFIGS, key=AUTOTUNE_KEY, interpreter_config=INTERPRETER_CONFIG)
 def _rs_conv_bwd_filter_kernel(
         x_ptr, gy_ptr, dw_ptr, support_ptr, offset_ptr,
         B, C, H, W, O, Ho, Wo, R, S, Lr, Ls, K, stride, padding,
@@ -172,12 +167,6 @@ def _rs_conv_bwd_filter_kernel(
     tl.store(dw_ptr + dw_offsets, acc, mask=k_ok[:, None] & o_ok[None, :])
 
 
-def _problem_args(geo: ConvGeometry):
-    return (geo.batch, geo.in_channels, geo.height, geo.width, geo.out_channels, geo.out_height,
-            geo.out_width, geo.num_rotations, geo.num_scales, geo.rotation_size, geo.scale_size,
-            geo.kernel_size, geo.stride, geo.padding)
-
-
 def _strides_5d(z: torch.Tensor, lifting: bool):
     """``(b, c, t, h, w)`` strides; the slice stride of a 4-D (lifting) tensor is 0."""
     if lifting:
@@ -194,7 +183,7 @@ def conv_backward_input(grad_y: torch.Tensor, filters: torch.Tensor, x_shape, x_
                          triton.cdiv(geo.in_channels, meta["BLOCK_N"]), num_planes)
     _rs_conv_bwd_input_kernel[grid](
         grad_y, filters, grad_x, layout.supports_device, layout.offsets_device,
-        *_problem_args(geo), *grad_y.stride(), *_strides_5d(grad_x, geo.lifting),
+        *geo.kernel_args(), *grad_y.stride(), *_strides_5d(grad_x, geo.lifting),
         LIFTING=geo.lifting, **dot_options(grad_y.dtype))
     return grad_x
 
@@ -214,6 +203,6 @@ def conv_backward_filters(grad_y: torch.Tensor, x: torch.Tensor, geo: ConvGeomet
                          geo.num_offsets * geo.group_size)
     _rs_conv_bwd_filter_kernel[grid](
         x, grad_y, grad_filters, layout.supports_device, layout.offsets_device,
-        *_problem_args(geo), *_strides_5d(x, geo.lifting), *grad_y.stride(), splits,
+        *geo.kernel_args(), *_strides_5d(x, geo.lifting), *grad_y.stride(), splits,
         layout.numel, **dot_options(x.dtype))
     return grad_filters[0] if splits == 1 else grad_filters.sum(dim=0)

@@ -15,22 +15,17 @@ import torch
 import triton
 import triton.language as tl
 
-from .jit import dot_options, lazy_kernel
+from .jit import AUTOTUNE_KEY, GEMM_CONFIGS, INTERPRETER_CONFIG, dot_options, lazy_kernel
 from .layout import ConvGeometry, FilterLayout
 
 __all__ = ["conv_forward"]
 
-_CONFIGS = [
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=3),
-    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=3),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 32, "BLOCK_K": 32}, num_warps=4, num_stages=4),
+_CONFIGS = GEMM_CONFIGS + [
     triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32}, num_warps=8, num_stages=3),
 ]
-_INTERPRETER_CONFIG = triton.Config({"BLOCK_M": 128, "BLOCK_N": 32, "BLOCK_K": 128})
 
 
-@lazy_kernel(_CONFIGS, key=["B", "C", "H", "W", "O", "R", "S", "Lr", "Ls", "K", "stride"],
-             interpreter_config=_INTERPRETER_CONFIG)
+@lazy_kernel(_CONFIGS, key=AUTOTUNE_KEY, interpreter_config=INTERPRETER_CONFIG)
 def _rs_conv_fwd_kernel(
         x_ptr, w_ptr, bias_ptr, y_ptr, support_ptr, offset_ptr,
         B, C, H, W, O, Ho, Wo, R, S, Lr, Ls, K, stride, padding,
@@ -102,10 +97,7 @@ def conv_forward(x: torch.Tensor, filters: torch.Tensor, bias: Optional[torch.Te
                          triton.cdiv(geo.out_channels, meta["BLOCK_N"]), geo.group_size)
     _rs_conv_fwd_kernel[grid](
         x, filters, bias if bias is not None else filters, y,
-        layout.supports_device, layout.offsets_device,
-        geo.batch, geo.in_channels, geo.height, geo.width, geo.out_channels, geo.out_height,
-        geo.out_width, geo.num_rotations, geo.num_scales, geo.rotation_size, geo.scale_size,
-        geo.kernel_size, geo.stride, geo.padding,
+        layout.supports_device, layout.offsets_device, *geo.kernel_args(),
         sxb, sxc, sxt, sxh, sxw, *y.stride(),
         HAS_BIAS=bias is not None, **dot_options(x.dtype))
     return y
