@@ -1,0 +1,256 @@
+"""The geometry of one roto-scale convolution: the only thing a kernel receives besides tensors.
+
+A :class:`Geometry` is built once per layer. It fixes the sizes (``C``, ``O``, ``F``, ``K``), the
+group (``R`` rotations, ``S`` scales, ``T = R*S`` slices, ``t = r*S + s``), the neighbourhood
+(``Lr = rotation_size``, ``Ls = scale_size``, ``A = Lr*Ls`` weight offsets, ``a = i*Ls + j``), stride,
+padding, the per-scale **support** (side ``n_s`` of the centred box holding every non-zero tap of
+scale ``s``; :func:`basis_support` is the one function that computes it) and the layout of the
+cropped filter buffer. Batch and spatial sizes come from the tensors of each call.
+
+Index map (spec ``layers.md`` §2.3), written here once for Python: output slice ``t = r*S + s`` with
+offset ``a = i*Ls + j`` reads input slice ``q = ((r + i) mod R)*S + s + j``, or nothing when
+``s + j >= S`` (zero scales); the lifting layer is the case of one input plane read by every ``t``
+with ``a = 0``. :meth:`Geometry.input_slice` and :meth:`Geometry.readers` give it and its inverse.
+
+Filter buffer (flat, float32 — float64 for float64 weights): one block per scale ``s`` at element
+``block_offsets[s]``, laid out ``[A, R, O, C, n_s, n_s]``; entry
+``[a, r, o, c, u, v] = sum_f weight[o, c, a, f] * basis[f, r*S + s, off_s + u, off_s + v]`` with
+``off_s = (K - n_s) // 2``. Each ``(a, r)`` slot is a ``conv2d`` weight ``[O, C, n_s, n_s]``.
+
+Geometries cross ``torch.library`` op boundaries as ``int[]`` (:meth:`Geometry.encode`,
+:func:`decode`); the C++ side reads the same encoding (``csrc/geometry.h``).
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+
+__all__ = ["Geometry", "basis_support", "decode", "lifting_geometry", "group_geometry",
+           "filter_dtype", "out_side"]
+
+# Bumped whenever the int[] encoding changes (the C++ decoder checks it).
+ENCODING_VERSION = 1
+_HEADER = 12          # version, lifting, C, O, F, K, R, S, Lr, Ls, stride, padding
+
+
+def out_side(side: int, kernel_size: int, stride: int, padding: int) -> int:
+    """Output side of a convolution: ``(side + 2p - K) // stride + 1``."""
+    return (side + 2 * padding - kernel_size) // stride + 1
+
+
+def filter_dtype(dtype: torch.dtype) -> torch.dtype:
+    """dtype of the filter buffer for coefficients of ``dtype``: float64 stays, else float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Sizes, group, neighbourhood, support and filter layout of one lifting or group conv."""
+    lifting: bool
+    in_channels: int
+    out_channels: int
+    num_funcs: int
+    kernel_size: int
+    num_rotations: int
+    num_scales: int
+    rotation_size: int
+    scale_size: int
+    stride: int
+    padding: int
+    support: Tuple[int, ...]
+
+    def __post_init__(self):
+        k = self.kernel_size
+        if len(self.support) != self.num_scales or any(
+                n < 1 or n > k or n % 2 != k % 2 for n in self.support):
+            raise ValueError(f"support: expected {self.num_scales} box sides in 1..{k} with the "
+                             f"parity of K = {k}, got {list(self.support)}")
+        if self.lifting and (self.rotation_size, self.scale_size) != (1, 1):
+            raise ValueError("rotation_size, scale_size: a lifting geometry has 1 and 1, got "
+                             f"{self.rotation_size} and {self.scale_size}")
+        if not 1 <= self.rotation_size <= self.num_rotations:
+            raise ValueError(f"rotation_size: expected 1 .. R = {self.num_rotations}, "
+                             f"got {self.rotation_size}")
+        if not 1 <= self.scale_size <= self.num_scales:
+            raise ValueError(f"scale_size: expected 1 .. S = {self.num_scales}, "
+                             f"got {self.scale_size}")
+
+    # ----------------------------------------------------------------- sizes
+    @property
+    def group_size(self) -> int:
+        """``T = R*S``."""
+        return self.num_rotations * self.num_scales
+
+    @property
+    def num_offsets(self) -> int:
+        """``A = Lr*Ls`` (1 for the lifting layer)."""
+        return self.rotation_size * self.scale_size
+
+    @property
+    def in_slices(self) -> int:
+        """Slices of the input: 1 (lifting, ``[B, C, H, W]``) or ``T`` (``[B, C, T, H, W]``)."""
+        return 1 if self.lifting else self.group_size
+
+    def weight_shape(self) -> Tuple[int, ...]:
+        """``[O, C, F]`` (lifting) or ``[O, C, A, F]``."""
+        offsets = () if self.lifting else (self.num_offsets,)
+        return (self.out_channels, self.in_channels, *offsets, self.num_funcs)
+
+    def out_size(self, height: int, width: int) -> Tuple[int, int]:
+        return (out_side(height, self.kernel_size, self.stride, self.padding),
+                out_side(width, self.kernel_size, self.stride, self.padding))
+
+    def out_shape(self, x_shape: Sequence[int]) -> Tuple[int, ...]:
+        """``[B, O, T, H', W']`` for an input of shape ``x_shape``."""
+        return (x_shape[0], self.out_channels, self.group_size,
+                *self.out_size(x_shape[-2], x_shape[-1]))
+
+    def check_input(self, x: torch.Tensor, name: str = "x") -> None:
+        """Rank, channels, group size and spatial size of ``x``; errors name ``name``."""
+        layout = "[B, C, H, W]" if self.lifting else "[B, C, R*S, H, W]"
+        ndim = 4 if self.lifting else 5
+        if x.dim() != ndim:
+            raise ValueError(f"{name}: expected a {ndim}-D tensor {layout}, got shape "
+                             f"{tuple(x.shape)}")
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"{name}: expected {self.in_channels} channels in dim 1 of {layout}, "
+                             f"got shape {tuple(x.shape)}")
+        if not self.lifting and x.shape[2] != self.group_size:
+            raise ValueError(f"{name}: expected group size R*S = {self.group_size} in dim 2 of "
+                             f"{layout}, got shape {tuple(x.shape)}")
+        h, w = x.shape[-2:]
+        if min(h, w) + 2 * self.padding < self.kernel_size:
+            raise ValueError(f"{name}: spatial size {h}x{w} with padding {self.padding} is smaller "
+                             f"than kernel_size {self.kernel_size}; expected H, W >= "
+                             f"{self.kernel_size - 2 * self.padding}")
+
+    # ------------------------------------------------------------- index map
+    def input_slice(self, t: int, a: int) -> int:
+        """Input slice read by output slice ``t`` through offset ``a``; -1 past the top scale."""
+        if self.lifting:
+            return 0
+        r, s = divmod(t, self.num_scales)
+        i, j = divmod(a, self.scale_size)
+        if s + j >= self.num_scales:
+            return -1
+        return ((r + i) % self.num_rotations) * self.num_scales + s + j
+
+    @functools.cached_property
+    def read_table(self) -> Tuple[Tuple[int, ...], ...]:
+        """``read_table[t][a]`` = :meth:`input_slice` ``(t, a)``."""
+        return tuple(tuple(self.input_slice(t, a) for a in range(self.num_offsets))
+                     for t in range(self.group_size))
+
+    def readers(self, q: int) -> List[Tuple[int, int]]:
+        """Every ``(t, a)`` whose output reads input slice ``q``, in ``(t, a)`` order."""
+        return [(t, a) for t, row in enumerate(self.read_table) for a, p in enumerate(row)
+                if p == q]
+
+    # --------------------------------------------------------- filter layout
+    def block_numel(self, s: int) -> int:
+        n = self.support[s]
+        return (self.num_offsets * self.num_rotations * self.out_channels * self.in_channels
+                * n * n)
+
+    @functools.cached_property
+    def block_offsets(self) -> Tuple[int, ...]:
+        """Start of each scale's block in the filter buffer."""
+        offsets, total = [], 0
+        for s in range(self.num_scales):
+            offsets.append(total)
+            total += self.block_numel(s)
+        return tuple(offsets)
+
+    @property
+    def filter_numel(self) -> int:
+        return self.block_offsets[-1] + self.block_numel(self.num_scales - 1)
+
+    def filter_block(self, filters: torch.Tensor, s: int) -> torch.Tensor:
+        """View of scale ``s``'s block of the flat buffer: ``[A, R, O, C, n_s, n_s]``."""
+        n, start = self.support[s], self.block_offsets[s]
+        return filters[start:start + self.block_numel(s)].view(
+            self.num_offsets, self.num_rotations, self.out_channels, self.in_channels, n, n)
+
+    def crop(self, s: int) -> int:
+        """Offset ``(K - n_s) // 2`` of scale ``s``'s box inside the ``K x K`` kernel."""
+        return (self.kernel_size - self.support[s]) // 2
+
+    # -------------------------------------------------------------- encoding
+    @functools.cached_property
+    def encoded(self) -> Tuple[int, ...]:
+        return (ENCODING_VERSION, int(self.lifting), self.in_channels, self.out_channels,
+                self.num_funcs, self.kernel_size, self.num_rotations, self.num_scales,
+                self.rotation_size, self.scale_size, self.stride, self.padding, *self.support)
+
+    def encode(self) -> List[int]:
+        """The ``int[]`` form passed to the ``torch.library`` ops."""
+        return list(self.encoded)
+
+
+@functools.lru_cache(maxsize=256)
+def _decode(encoded: Tuple[int, ...]) -> Geometry:
+    if len(encoded) < _HEADER or encoded[0] != ENCODING_VERSION:
+        raise ValueError(f"geometry: expected an encoding of version {ENCODING_VERSION} "
+                         f"(Geometry.encode()), got {list(encoded)}")
+    (_, lifting, c, o, f, k, r, s, lr, ls, stride, padding), support = \
+        encoded[:_HEADER], encoded[_HEADER:]
+    return Geometry(bool(lifting), c, o, f, k, r, s, lr, ls, stride, padding, tuple(support))
+
+
+def decode(encoded: Sequence[int]) -> Geometry:
+    """Inverse of :meth:`Geometry.encode` (cached)."""
+    return _decode(tuple(int(v) for v in encoded))
+
+
+def basis_support(basis: torch.Tensor, num_rotations: int) -> Tuple[int, ...]:
+    """Side of the smallest centred square holding every non-zero tap of each scale.
+
+    basis ``[F, R*S, K, K]`` (odd ``K``) -> tuple of ``S`` odd ints (``K`` where the scale fills the
+    kernel, 1 for an all-zero scale). The fast backends skip the taps outside this box; they are
+    exactly zero.
+    """
+    num_funcs, num_groups, k, _ = basis.shape
+    if num_groups % num_rotations:
+        raise ValueError(f"num_rotations: expected a divisor of T = basis.shape[1] = "
+                         f"{num_groups}, got {num_rotations}")
+    nonzero = (basis != 0).reshape(num_funcs, num_rotations, num_groups // num_rotations, k, k)
+    nonzero = nonzero.any(dim=1).any(dim=0).cpu()              # [S, K, K]
+    offsets = torch.arange(k) - k // 2
+    ring = torch.maximum(offsets.abs()[:, None], offsets.abs()[None, :])  # Chebyshev radius
+    radii = torch.where(nonzero, ring, 0).flatten(1).amax(dim=1)
+    return tuple(2 * int(radius) + 1 for radius in radii)
+
+
+def _check_ints(**values) -> None:
+    from ._checks import positive_int
+    for key, value in values.items():
+        positive_int(key, value, minimum=0 if key == "padding" else 1)
+
+
+def lifting_geometry(in_channels: int, out_channels: int, basis: torch.Tensor,
+                     num_rotations: int, stride: int = 1, padding: int = 0,
+                     support: Optional[Sequence[int]] = None) -> Geometry:
+    """Geometry of a lifting conv with basis ``[F, R*S, K, K]`` (support measured when None)."""
+    _check_ints(stride=stride, padding=padding, num_rotations=num_rotations)
+    num_funcs, num_groups, k, _ = basis.shape
+    support = basis_support(basis, num_rotations) if support is None else tuple(support)
+    return Geometry(True, in_channels, out_channels, num_funcs, k, num_rotations,
+                    num_groups // num_rotations, 1, 1, stride, padding,
+                    tuple(int(n) for n in support))
+
+
+def group_geometry(in_channels: int, out_channels: int, basis: torch.Tensor,
+                   num_rotations: int, rotation_size: int = 1, scale_size: int = 1,
+                   stride: int = 1, padding: int = 0,
+                   support: Optional[Sequence[int]] = None) -> Geometry:
+    """Geometry of a group conv with basis ``[F, R*S, K, K]`` (support measured when None)."""
+    _check_ints(stride=stride, padding=padding, num_rotations=num_rotations,
+          rotation_size=rotation_size, scale_size=scale_size)
+    num_funcs, num_groups, k, _ = basis.shape
+    support = basis_support(basis, num_rotations) if support is None else tuple(support)
+    return Geometry(False, in_channels, out_channels, num_funcs, k, num_rotations,
+                    num_groups // num_rotations, rotation_size, scale_size, stride, padding,
+                    tuple(int(n) for n in support))
