@@ -48,13 +48,12 @@ AUTO_ORDER: Dict[str, Tuple[str, ...]] = {
 }
 
 _warned = set()
-_resolved: Dict[Tuple[str, str], ModuleType] = {}
+_resolved: Dict[Tuple[str, str], Tuple[str, ModuleType]] = {}
 
 
 def check_backend_name(backend: str) -> str:
-    names = tuple(_MODULES) + ("auto",)
-    if not isinstance(backend, str) or backend not in names:
-        raise ValueError(f"backend: expected one of {names}, got {backend!r}")
+    if not isinstance(backend, str) or backend not in names():
+        raise ValueError(f"backend: expected one of {names()}, got {backend!r}")
     return backend
 
 
@@ -105,6 +104,15 @@ def _auto_order(device: torch.device) -> Tuple[str, ...]:
 
 def resolve(backend: str, device: torch.device) -> ModuleType:
     """The backend module that runs ``backend`` on ``device`` (cached per pair)."""
+    return _resolve(backend, device)[1]
+
+
+def resolve_name(backend: str, device: torch.device) -> str:
+    """The name of the concrete backend that runs ``backend`` on ``device``."""
+    return _resolve(backend, device)[0]
+
+
+def _resolve(backend: str, device: torch.device) -> Tuple[str, ModuleType]:
     key = (backend, str(device))
     if key in _resolved:
         return _resolved[key]
@@ -120,10 +128,28 @@ def resolve(backend: str, device: torch.device) -> ModuleType:
             if failures and (backend != "auto" or name == "reference"):
                 _warn_once(f"rstfast: backend {backend!r} on {device.type} falls back to {name!r}: "
                            + "; ".join(failures))
-            _resolved[key] = module
-            return module
+            _resolved[key] = (name, module)
+            return name, module
         failures.append(f"{name}: {reason}")
     raise RuntimeError(f"rstfast: no backend can run on {device}: " + "; ".join(failures))
+
+
+def names() -> Tuple[str, ...]:
+    """Every backend name a layer accepts: the concrete backends (registered ones included) and
+    ``"auto"``."""
+    return tuple(_MODULES) + ("auto",)
+
+
+def used(model: torch.nn.Module) -> Dict[str, str]:
+    """The backend that ran the last forward of ``model``'s roto-scale layers, per layer kind:
+    ``{"lift": "cpp", "group": "fft"}``; several names for one kind are joined with ``+``; layers
+    that have not run yet are left out."""
+    seen: Dict[str, set] = {}
+    for module in model.modules():
+        name = getattr(module, "last_backend", None)
+        if name is not None:
+            seen.setdefault(module.layer_kind, set()).add(name)
+    return {kind: "+".join(sorted(found)) for kind, found in sorted(seen.items())}
 
 
 def available_backends(device="cpu") -> Dict[str, Optional[str]]:

@@ -73,7 +73,12 @@ class _RotoScaleConv(nn.Module):
                              f"kernel_size {self.kernel_size}; expected H, W >= "
                              f"{self.kernel_size - 2 * self.padding}")
 
+    last_backend = None          # name of the backend that ran the last forward (backends.used)
+
     def _backend(self, x: torch.Tensor):
+        name = backends.resolve_name(self.backend, x.device)
+        if not torch.compiler.is_compiling():
+            self.last_backend = name
         return backends.resolve(self.backend, x.device)
 
     def extra_repr(self) -> str:
@@ -89,6 +94,7 @@ class LiftingConv(_RotoScaleConv):
     weight ``[O, C, F]``, basis buffer ``[F, R*S, K, K]``, bias ``[O]`` (zeros) or None.
     ``**kwargs`` reach the basis builder (``mult``, ``max_order``, ``spt``); others are ignored.
     """
+    layer_kind = "lift"
 
     def __init__(self, in_channels, out_channels, kernel_size, effective_size, scales=(1.0,),
                  rotations=(0.0,), stride=1, padding=0, bias=False, basis_type='A',
@@ -110,6 +116,7 @@ class GroupConv(_RotoScaleConv):
     (zero past the largest scale) with the basis slice of ``(r, s)``. weight ``[O, C, Lr*Ls, F]``
     with third index ``i*Ls + j``. Note the original's argument order: ``scale_size`` first.
     """
+    layer_kind = "group"
 
     def __init__(self, in_channels, out_channels, scale_size, rotation_size, kernel_size,
                  effective_size, scales=(1.0,), rotations=(0.0,), stride=1, padding=0, bias=False,
