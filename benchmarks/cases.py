@@ -14,7 +14,6 @@ size plus the expansion's transpose).
 from __future__ import annotations
 
 import functools
-import importlib
 import math
 from dataclasses import asdict, dataclass
 from typing import Dict, Optional, Sequence, Tuple
@@ -79,31 +78,33 @@ QUICK_MODELS = ("mnist_ses_scalar_28_rot_1", "mnist_cnn_28")
 PLAIN_MODELS = ("mnist_cnn_56", "mnist_cnn_28")          # no roto-scale layers
 
 
-def backend_or_reason(backend: str, device: str):
-    """``(module, None)`` for a backend that can be timed on ``device``, else ``(None, why not)``.
+def register_original() -> None:
+    """Make ``backend="original"`` (:mod:`benchmarks.original`, a functional backend) a backend
+    name every rstfast layer accepts, so whole models can run the original algorithm."""
+    from rstfast import backends
+    if "original" not in backends.names():
+        backends.register("original", "benchmarks.original", kind="functional", fallback=())
 
-    ``original`` is :mod:`benchmarks.original`; the others come from ``rstfast.backends`` without
-    fallback; triton on CPU is refused (its interpreter is not a performance path).
-    """
+
+def backend_names() -> Tuple[str, ...]:
+    """Every concrete backend (the one list, :func:`rstfast.backends.names`, with ``original``)."""
+    from rstfast import backends
+    register_original()
+    return tuple(name for name in backends.names() if name != "auto")
+
+
+def backend_or_reason(backend: str, device: str) -> Optional[str]:
+    """None when ``backend`` can be timed on ``device`` (no fallback), else why not; triton on
+    CPU is refused (its interpreter is not a performance path)."""
     if device.startswith("cuda") and not torch.cuda.is_available():
-        return None, "CUDA is not available"
-    if backend == "original":
-        from . import original
-        return original, None
+        return "CUDA is not available"
     if backend == "triton" and device == "cpu":
-        return None, "triton on CPU runs in the interpreter, which is not a performance path"
-    try:
-        backends = importlib.import_module("rstfast.backends")
-    except ImportError as exc:
-        return None, f"cannot import rstfast: {exc}"
+        return "triton on CPU runs in the interpreter, which is not a performance path"
+    from rstfast import backends
+    if backend not in backend_names():
+        return f"unknown backend {backend!r}; expected one of {backend_names()}"
     reason = backends.available_backends(device)[backend]
-    if reason is not None:
-        return None, f"backend {backend!r} unavailable on {device}: {reason}"
-    module = backends.resolve(backend, torch.device(device))
-    missing = [name for name in ("lift_conv", "group_conv") if not hasattr(module, name)]
-    if missing:
-        return None, f"backend {backend!r}: {module.__name__} has no {', '.join(missing)} (not built yet)"
-    return module, None
+    return None if reason is None else f"backend {backend!r} unavailable on {device}: {reason}"
 
 
 @functools.lru_cache(maxsize=None)
@@ -115,8 +116,8 @@ def _basis(basis_type: str, num_rotations: int, scales: Tuple[float, ...]) -> to
 
 
 def layer_inputs(case: LayerCase, batch: int, device, requires_grad: bool) -> Dict[str, object]:
-    """Input, coefficients (the original's kaiming-uniform range), zero bias, basis, support."""
-    from rstfast.reference.functional import basis_support
+    """Input, coefficients (the original's kaiming-uniform range), zero bias, basis, geometry."""
+    from rstfast.geometry import group_geometry, lifting_geometry
     basis = _basis(case.basis_type, case.num_rotations, case.scales)
     num_offsets = case.rotation_size * case.scale_size
     if case.kind == "lift":
@@ -134,7 +135,13 @@ def layer_inputs(case: LayerCase, batch: int, device, requires_grad: bool) -> Di
     for tensor in tensors.values():
         tensor.requires_grad_(requires_grad)
     tensors["basis"] = basis.to(device)
-    tensors["support"] = basis_support(basis, case.num_rotations)
+    if case.kind == "lift":
+        tensors["geometry"] = lifting_geometry(case.in_channels, case.out_channels, basis,
+                                               case.num_rotations, 1, PADDING)
+    else:
+        tensors["geometry"] = group_geometry(case.in_channels, case.out_channels, basis,
+                                             case.num_rotations, case.rotation_size,
+                                             case.scale_size, 1, PADDING)
     return tensors
 
 
@@ -143,16 +150,14 @@ def output_shape(case: LayerCase, batch: int) -> Tuple[int, ...]:
     return (batch, case.out_channels, case.num_groups, case.size, case.size)
 
 
-def run_layer(backend, case: LayerCase, inputs: Dict[str, object]) -> torch.Tensor:
-    """One call of ``backend.lift_conv`` / ``backend.group_conv`` (stride 1, padding 7)."""
-    x, weight, basis, bias, support = (inputs[k] for k in ("x", "weight", "basis", "bias", "support"))
-    if case.kind == "lift":
-        return backend.lift_conv(x, weight, basis, bias, 1, PADDING, support)
-    return backend.group_conv(x, weight, basis, bias, case.num_rotations, case.rotation_size,
-                              case.scale_size, 1, PADDING, support)
+def run_layer(backend: str, inputs: Dict[str, object]) -> torch.Tensor:
+    """One convolution of the case's inputs on ``backend`` (stride 1, padding 7)."""
+    from rstfast import ops
+    return ops.roto_scale_conv(*(inputs[k] for k in ("x", "weight", "basis", "bias", "geometry")),
+                               backend)
 
 
-def layer_run(case: LayerCase, module, batch: int, device, backward: bool):
+def layer_run(case: LayerCase, backend: str, batch: int, device, backward: bool):
     """``(step, setup, flops)`` of one layer case: ``step`` is a forward without grad, or a forward
     and a backward of a fixed random output gradient; ``setup`` clears the gradients."""
     inputs = layer_inputs(case, batch, device, requires_grad=backward)
@@ -161,25 +166,17 @@ def layer_run(case: LayerCase, module, batch: int, device, backward: bool):
         grad_out = torch.randn(output_shape(case, batch), device=device)
 
         def step():
-            run_layer(module, case, inputs).backward(grad_out)
+            run_layer(backend, inputs).backward(grad_out)
     else:
         def step():
             with torch.no_grad():
-                run_layer(module, case, inputs)
+                run_layer(backend, inputs)
 
     def setup():
         for leaf in leaves:
             leaf.grad = None
 
-    return step, setup, layer_flops(case, batch, inputs["support"], backward)
-
-
-def register_original() -> None:
-    """Make ``backend="original"`` (:mod:`benchmarks.original`) a backend name every rstfast layer
-    accepts, so whole models can run the original algorithm."""
-    from rstfast import backends
-    if "original" not in backends.available_backends("cpu"):
-        backends.register("original", "benchmarks.original")
+    return step, setup, layer_flops(case, batch, inputs["geometry"].support, backward)
 
 
 def train_run(model_name: str, layer_backend: str, batch: int, device):

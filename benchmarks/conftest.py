@@ -19,7 +19,7 @@ import torch
 
 from . import cases, measure, memprobe, report
 
-BACKEND_NAMES = ("reference", "original", "triton", "cpp", "cuda")
+BACKEND_NAMES = cases.backend_names()
 LAYER_MODES = ("forward", "forward+backward")
 
 
@@ -122,12 +122,11 @@ def settings(request):
 
 
 @pytest.fixture
-def backend_module(backend, device):
-    """The module to time for ``backend`` on ``device``; skips with the reason when it cannot run."""
-    module, reason = cases.backend_or_reason(backend, device)
-    if module is None:
+def runnable(backend, device):
+    """Skips with the reason when ``backend`` cannot be timed on ``device``."""
+    reason = cases.backend_or_reason(backend, device)
+    if reason is not None:
         pytest.skip(reason)
-    return module
 
 
 class Bench:

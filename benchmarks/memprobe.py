@@ -30,10 +30,10 @@ def probe(spec: dict) -> Optional[int]:
     memory = measure.PeakMemory(torch.device("cpu"))
     cases.register_original()
     if spec["kind"] == "layer":
-        module, reason = cases.backend_or_reason(spec["backend"], "cpu")
-        if module is None:
+        reason = cases.backend_or_reason(spec["backend"], "cpu")
+        if reason is not None:
             raise RuntimeError(reason)
-        step, setup, _ = cases.layer_run(cases.case_from_spec(spec["case"]), module,
+        step, setup, _ = cases.layer_run(cases.case_from_spec(spec["case"]), spec["backend"],
                                          spec["batch"], "cpu",
                                          spec["mode"] == "forward+backward")
     else:

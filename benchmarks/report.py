@@ -15,9 +15,10 @@ from collections import defaultdict
 from pathlib import Path
 from typing import List, Optional
 
+from . import cases
+
 MODES = ("forward", "forward+backward", "train step")
 BASELINES = ("reference", "original")
-BACKEND_ORDER = ("reference", "original", "triton", "cpp", "cuda")
 
 
 def add_ratios(benchmarks: List[dict]) -> None:
@@ -42,7 +43,7 @@ def _rows(data: dict) -> List[dict]:
             if "time_median_s" in entry["extra_info"]]
     if rows and "speedup_vs_reference" not in rows[0]:
         add_ratios(data["benchmarks"])
-    order = {name: i for i, name in enumerate(BACKEND_ORDER)}
+    order = {name: i for i, name in enumerate(cases.backend_names())}
     seen_cases = {}
     for row in rows:
         seen_cases.setdefault((row["device"], row["case"]), len(seen_cases))
@@ -167,7 +168,7 @@ def bar_chart(data: dict, device: str, path: Path) -> None:
 
     rows = [r for r in _rows(data) if r["device"] == device]
     modes = [m for m in MODES if any(r["mode"] == m for r in rows)]
-    backends = [b for b in BACKEND_ORDER if any(r["backend"] == b for r in rows)]
+    backends = [b for b in cases.backend_names() if any(r["backend"] == b for r in rows)]
     fig, axes = plt.subplots(len(modes), 2, figsize=(16, 4.2 * len(modes)), squeeze=False)
     for row_axes, mode in zip(axes, modes):
         mode_rows = [r for r in rows if r["mode"] == mode]

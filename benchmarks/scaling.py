@@ -18,7 +18,6 @@ import torch
 from . import cases, measure, memprobe
 
 RESULTS = Path(__file__).resolve().parent / "results"
-BACKENDS = ("reference", "original", "triton", "cpp", "cuda")
 FULL = {"batches": (1, 2, 4, 8), "widths": (4, 8, 16, 32), "fixed_width": 16,
         "fixed_batch": 2, "rounds": 2}
 QUICK = {"batches": (1, 2), "widths": (2, 4), "fixed_width": 4, "fixed_batch": 1, "rounds": 1}
@@ -29,15 +28,14 @@ def sweep_case(width: int) -> cases.LayerCase:
                            models=("mnist_ses_vector_56_rot_8_interrot_4",))
 
 
-def _measure_point(case, batch, modules, device, backward, rounds):
+def _measure_point(case, batch, names, device, backward, rounds):
     """Interleaved rounds (after one warm-up call each) -> ``{backend: row}``. Peak memory: CUDA
     in this process (max over rounds), CPU in a fresh process per backend (memprobe)."""
-    runs = {name: cases.layer_run(case, module, batch, device, backward)
-            for name, module in modules.items()}
+    runs = {name: cases.layer_run(case, name, batch, device, backward) for name in names}
     timers = {name: measure.RoundTimer(run[0], device) for name, run in runs.items()}
     on_cuda = torch.device(device).type == "cuda"
     memory = measure.PeakMemory(device) if on_cuda else None
-    peaks = {name: [] for name in modules}
+    peaks = {name: [] for name in names}
     for name, (_, setup, _) in runs.items():
         setup()
         timers[name]()
@@ -68,18 +66,18 @@ def _measure_point(case, batch, modules, device, backward, rounds):
 
 
 def run(device: str, backward: bool, plan: dict) -> dict:
-    modules, skipped = {}, {}
-    for name in BACKENDS:
-        module, reason = cases.backend_or_reason(name, device)
-        if module is None:
-            skipped[name] = reason
+    names, skipped = [], {}
+    for name in cases.backend_names():
+        reason = cases.backend_or_reason(name, device)
+        if reason is None:
+            names.append(name)
         else:
-            modules[name] = module
+            skipped[name] = reason
     points = [("batch", b, plan["fixed_width"]) for b in plan["batches"]]
     points += [("width", plan["fixed_batch"], w) for w in plan["widths"]]
     rows = []
     for sweep, batch, width in points:
-        for row in _measure_point(sweep_case(width), batch, modules, device, backward,
+        for row in _measure_point(sweep_case(width), batch, names, device, backward,
                                   plan["rounds"]).values():
             rows.append({"sweep": sweep, **row})
             print(f"[{sweep} sweep] batch {batch:3d} width {width:3d} {row['backend']:9s} "

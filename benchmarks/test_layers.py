@@ -2,8 +2,8 @@
 from . import cases
 
 
-def test_layer(bench, settings, device, layer_case, mode, backend, backend_module):
-    step, setup, flops = cases.layer_run(layer_case, backend_module, settings["batch"], device,
+def test_layer(bench, settings, device, layer_case, mode, backend, runnable):
+    step, setup, flops = cases.layer_run(layer_case, backend, settings["batch"], device,
                                          backward=mode == "forward+backward")
     info = {"kind": "layer", "case": layer_case.name, "mode": mode, "backend": backend,
             "models": list(layer_case.models)}

@@ -6,7 +6,7 @@ import pytest
 from . import cases
 
 
-def test_train_step(bench, settings, device, model_name, backend, backend_module):
+def test_train_step(bench, settings, device, model_name, backend, runnable):
     if model_name in cases.PLAIN_MODELS and backend != "reference":
         pytest.skip(f"{model_name} has no roto-scale layers: measured once, under 'reference'")
     try:
@@ -17,6 +17,5 @@ def test_train_step(bench, settings, device, model_name, backend, backend_module
             "models": [model_name]}
     spec = {"kind": "train step", "model": model_name, "backend": backend,
             "batch": settings["batch"]}
-    cases.register_original()
     step, setup, flops = cases.train_run(model_name, backend, settings["batch"], device)
     bench.run(step, setup, flops, info, spec)

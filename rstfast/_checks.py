@@ -40,13 +40,16 @@ def kernel_sizes(kernel_size, effective_size) -> tuple:
         raise ValueError(f"kernel_size: expected an odd int (the basis is centred), got {kernel_size}")
     if kernel_size < 3:
         raise ValueError(f"kernel_size: expected an odd int >= 3, got {kernel_size}")
+    if effective_size > kernel_size:
+        raise ValueError(f"effective_size: expected at most kernel_size = {kernel_size} "
+                         f"(effective_size**2 basis functions on a {kernel_size}x{kernel_size} "
+                         f"kernel), got {effective_size}")
     return kernel_size, effective_size
 
 
-def feature_map(x, *, name: str, ndim: int, channels: int, groups: int = 0,
-                like: torch.Tensor) -> None:
-    """Check a layer input: rank ``ndim``, ``x.shape[1] == channels``, ``x.shape[2] == groups``
-    (group maps), floating dtype and device equal to the parameter ``like``."""
+def feature_map_shape(x, *, name: str, ndim: int, channels: int, groups: int = 0) -> None:
+    """``x`` is a tensor of rank ``ndim`` with ``x.shape[1] == channels`` and, for group maps,
+    ``x.shape[2] == groups``."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
     layout = "[B, C, H, W]" if ndim == 4 else "[B, C, R*S, H, W]"
@@ -58,6 +61,11 @@ def feature_map(x, *, name: str, ndim: int, channels: int, groups: int = 0,
     if groups and x.shape[2] != groups:
         raise ValueError(f"{name}: expected group size R*S = {groups} in dim 2 of {layout}, "
                          f"got shape {tuple(x.shape)}")
+
+
+def like_layer(x: torch.Tensor, *, name: str, like: torch.Tensor) -> None:
+    """``x`` is floating point, on the device of the parameter ``like`` and of its dtype (unless
+    autocast is on)."""
     if not x.is_floating_point():
         raise TypeError(f"{name}: expected a floating-point tensor, got dtype {x.dtype}")
     if x.device != like.device:
@@ -66,3 +74,10 @@ def feature_map(x, *, name: str, ndim: int, channels: int, groups: int = 0,
     if x.dtype != like.dtype and not torch.is_autocast_enabled(x.device.type):
         raise TypeError(f"{name}: expected dtype {like.dtype} (the layer's dtype), got {x.dtype}; "
                         f"cast the input, call .to(dtype) on the layer, or use torch.autocast")
+
+
+def feature_map(x, *, name: str, ndim: int, channels: int, groups: int = 0,
+                like: torch.Tensor) -> None:
+    """Check a layer input: :func:`feature_map_shape` and :func:`like_layer`."""
+    feature_map_shape(x, name=name, ndim=ndim, channels=channels, groups=groups)
+    like_layer(x, name=name, like=like)

@@ -17,7 +17,8 @@ __all__ = ["cropped_basis", "expand", "contract"]
 
 
 def cropped_basis(basis: torch.Tensor, geo: Geometry, dtype: torch.dtype) -> List[torch.Tensor]:
-    """Per scale ``s``: ``basis[:, r*S + s]`` cropped to the ``n_s x n_s`` box, ``[R, F, n_s*n_s]``."""
+    """Per scale ``s``: ``basis[:, r*S + s]`` cropped to the ``n_s x n_s`` box,
+    ``[R, F, n_s*n_s]``."""
     num_funcs, _, k, _ = basis.shape
     per_rotation = basis.to(dtype).view(num_funcs, geo.num_rotations, geo.num_scales, k, k)
     blocks = []
@@ -62,4 +63,4 @@ def contract(grad_filters: torch.Tensor, basis: torch.Tensor, geo: Geometry) -> 
                 geo.num_offsets, geo.num_rotations, rows, -1)
             for r in range(geo.num_rotations):                         # += G[a, r] @ B[r]^T
                 grad.baddbmm_(grad_block[:, r], block[r].t().expand(geo.num_offsets, -1, -1))
-    return grad.transpose(0, 1).reshape(geo.weight_shape())
+    return grad.transpose(0, 1).contiguous().view(geo.weight_shape())

@@ -2,8 +2,8 @@
 
 A :class:`Geometry` is built once per layer. It fixes the sizes (``C``, ``O``, ``F``, ``K``), the
 group (``R`` rotations, ``S`` scales, ``T = R*S`` slices, ``t = r*S + s``), the neighbourhood
-(``Lr = rotation_size``, ``Ls = scale_size``, ``A = Lr*Ls`` weight offsets, ``a = i*Ls + j``), stride,
-padding, the per-scale **support** (side ``n_s`` of the centred box holding every non-zero tap of
+(``Lr = rotation_size``, ``Ls = scale_size``, ``A = Lr*Ls`` weight offsets, ``a = i*Ls + j``),
+stride, padding, the per-scale **support** (side ``n_s`` of the centred box holding every non-zero tap of
 scale ``s``; :func:`basis_support` is the one function that computes it) and the layout of the
 cropped filter buffer. Batch and spatial sizes come from the tensors of each call.
 
@@ -18,7 +18,8 @@ Filter buffer (flat, float32 — float64 for float64 weights): one block per sca
 ``off_s = (K - n_s) // 2``. Each ``(a, r)`` slot is a ``conv2d`` weight ``[O, C, n_s, n_s]``.
 
 Geometries cross ``torch.library`` op boundaries as ``int[]`` (:meth:`Geometry.encode`,
-:func:`decode`); the C++ side reads the same encoding (``csrc/geometry.h``).
+:func:`decode`), which carries the derived tables too (crops, block offsets, the read table), so
+kernels in every language read the index map and the layout instead of re-deriving them.
 """
 from __future__ import annotations
 
@@ -28,12 +29,32 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 
+from ._checks import feature_map_shape, positive_int
+
 __all__ = ["Geometry", "basis_support", "decode", "lifting_geometry", "group_geometry",
-           "filter_dtype", "out_side"]
+           "filter_dtype", "index_map", "out_side"]
 
 # Bumped whenever the int[] encoding changes (the C++ decoder checks it).
 ENCODING_VERSION = 1
 _HEADER = 12          # version, lifting, C, O, F, K, R, S, Lr, Ls, stride, padding
+
+
+@functools.lru_cache(maxsize=64)
+def index_map(num_rotations: int, num_scales: int, rotation_size: int,
+              scale_size: int) -> Tuple[Tuple[int, ...], ...]:
+    """``[t][a]`` -> input slice of the group convolution (the index map, spec layers.md §2.3):
+    output ``t = r*S + s`` with offset ``a = i*Ls + j`` reads ``((r + i) mod R)*S + s + j``, or -1
+    when ``s + j >= S`` (the zero scales past the top)."""
+    table = []
+    for t in range(num_rotations * num_scales):
+        r, s = divmod(t, num_scales)
+        row = []
+        for a in range(rotation_size * scale_size):
+            i, j = divmod(a, scale_size)
+            row.append(-1 if s + j >= num_scales
+                       else ((r + i) % num_rotations) * num_scales + s + j)
+        table.append(tuple(row))
+    return tuple(table)
 
 
 def out_side(side: int, kernel_size: int, stride: int, padding: int) -> int:
@@ -110,17 +131,8 @@ class Geometry:
 
     def check_input(self, x: torch.Tensor, name: str = "x") -> None:
         """Rank, channels, group size and spatial size of ``x``; errors name ``name``."""
-        layout = "[B, C, H, W]" if self.lifting else "[B, C, R*S, H, W]"
-        ndim = 4 if self.lifting else 5
-        if x.dim() != ndim:
-            raise ValueError(f"{name}: expected a {ndim}-D tensor {layout}, got shape "
-                             f"{tuple(x.shape)}")
-        if x.shape[1] != self.in_channels:
-            raise ValueError(f"{name}: expected {self.in_channels} channels in dim 1 of {layout}, "
-                             f"got shape {tuple(x.shape)}")
-        if not self.lifting and x.shape[2] != self.group_size:
-            raise ValueError(f"{name}: expected group size R*S = {self.group_size} in dim 2 of "
-                             f"{layout}, got shape {tuple(x.shape)}")
+        feature_map_shape(x, name=name, ndim=4 if self.lifting else 5,
+                          channels=self.in_channels, groups=0 if self.lifting else self.group_size)
         h, w = x.shape[-2:]
         if min(h, w) + 2 * self.padding < self.kernel_size:
             raise ValueError(f"{name}: spatial size {h}x{w} with padding {self.padding} is smaller "
@@ -128,21 +140,17 @@ class Geometry:
                              f"{self.kernel_size - 2 * self.padding}")
 
     # ------------------------------------------------------------- index map
-    def input_slice(self, t: int, a: int) -> int:
-        """Input slice read by output slice ``t`` through offset ``a``; -1 past the top scale."""
-        if self.lifting:
-            return 0
-        r, s = divmod(t, self.num_scales)
-        i, j = divmod(a, self.scale_size)
-        if s + j >= self.num_scales:
-            return -1
-        return ((r + i) % self.num_rotations) * self.num_scales + s + j
-
     @functools.cached_property
     def read_table(self) -> Tuple[Tuple[int, ...], ...]:
-        """``read_table[t][a]`` = :meth:`input_slice` ``(t, a)``."""
-        return tuple(tuple(self.input_slice(t, a) for a in range(self.num_offsets))
-                     for t in range(self.group_size))
+        """``read_table[t][a]``: the input slice output ``t`` reads through offset ``a`` (-1:
+        none; lifting: the single plane 0)."""
+        if self.lifting:
+            return ((0,),) * self.group_size
+        return index_map(self.num_rotations, self.num_scales, self.rotation_size,
+                         self.scale_size)
+
+    def input_slice(self, t: int, a: int) -> int:
+        return self.read_table[t][a]
 
     def readers(self, q: int) -> List[Tuple[int, int]]:
         """Every ``(t, a)`` whose output reads input slice ``q``, in ``(t, a)`` order."""
@@ -181,9 +189,15 @@ class Geometry:
     # -------------------------------------------------------------- encoding
     @functools.cached_property
     def encoded(self) -> Tuple[int, ...]:
+        """``[version, lifting, C, O, F, K, R, S, Lr, Ls, stride, padding, support[S],
+        crop[S], block_offsets[S], read_table[T*A]]``: everything a kernel reads, derived here
+        once (the C++ side only decodes it, csrc/geometry.h)."""
+        crops = tuple(self.crop(s) for s in range(self.num_scales))
+        table = tuple(q for row in self.read_table for q in row)
         return (ENCODING_VERSION, int(self.lifting), self.in_channels, self.out_channels,
                 self.num_funcs, self.kernel_size, self.num_rotations, self.num_scales,
-                self.rotation_size, self.scale_size, self.stride, self.padding, *self.support)
+                self.rotation_size, self.scale_size, self.stride, self.padding, *self.support,
+                *crops, *self.block_offsets, *table)
 
     def encode(self) -> List[int]:
         """The ``int[]`` form passed to the ``torch.library`` ops."""
@@ -195,9 +209,12 @@ def _decode(encoded: Tuple[int, ...]) -> Geometry:
     if len(encoded) < _HEADER or encoded[0] != ENCODING_VERSION:
         raise ValueError(f"geometry: expected an encoding of version {ENCODING_VERSION} "
                          f"(Geometry.encode()), got {list(encoded)}")
-    (_, lifting, c, o, f, k, r, s, lr, ls, stride, padding), support = \
-        encoded[:_HEADER], encoded[_HEADER:]
-    return Geometry(bool(lifting), c, o, f, k, r, s, lr, ls, stride, padding, tuple(support))
+    (_, lifting, c, o, f, k, r, s, lr, ls, stride, padding) = encoded[:_HEADER]
+    geo = Geometry(bool(lifting), c, o, f, k, r, s, lr, ls, stride, padding,
+                   tuple(encoded[_HEADER:_HEADER + s]))
+    if geo.encoded != encoded:
+        raise ValueError(f"geometry: the encoding is not that of {geo} (Geometry.encode())")
+    return geo
 
 
 def decode(encoded: Sequence[int]) -> Geometry:
@@ -225,7 +242,6 @@ def basis_support(basis: torch.Tensor, num_rotations: int) -> Tuple[int, ...]:
 
 
 def _check_ints(**values) -> None:
-    from ._checks import positive_int
     for key, value in values.items():
         positive_int(key, value, minimum=0 if key == "padding" else 1)
 

@@ -106,7 +106,8 @@ def test_steerable_basis_rejects_unknown_type():
 def test_unavailable_backend_warns_and_falls_back(monkeypatch):
     """A requested backend that cannot run falls back to the reference with a warning."""
     backends.clear_cache()
-    monkeypatch.setitem(backends._MODULES, "triton", "rstfast._no_such_module")
+    monkeypatch.setitem(backends._BACKENDS, "triton",
+                        backends.Backend("triton", "rstfast._no_such_module", "kernels"))
     layer = lift(backend="triton")
     x = torch.randn(1, 3, 9, 9)
     with pytest.warns(RuntimeWarning, match=r"backend 'triton' on cpu falls back to 'reference'"):
@@ -119,7 +120,7 @@ def test_unavailable_backend_warns_and_falls_back(monkeypatch):
 def test_auto_cpu_order_override(monkeypatch):
     backends.clear_cache()
     monkeypatch.setenv("RSTFAST_AUTO_CPU", "reference")
-    assert backends.resolve("auto", torch.device("cpu")) is rstfast.reference.functional
+    assert backends.resolve("auto", torch.device("cpu")).module is rstfast.reference.functional
     backends.clear_cache()
     monkeypatch.setenv("RSTFAST_AUTO_CPU", "cpp,fast")
     with pytest.raises(ValueError, match=r"RSTFAST_AUTO_CPU.*unknown \['fast'\]"):

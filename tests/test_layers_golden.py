@@ -9,7 +9,7 @@ import torch
 
 import rstfast.nn as rnn
 from rstfast.reference import functional as ref
-from conftest import assert_close_to_max, golden_names, load_golden
+from conftest import assert_close_to_max, golden_layer, golden_names, load_golden
 
 # The golden README's recommended float32 check (measured errors are ~3e-7, see the issue note).
 F32_REL = 1e-5
@@ -19,23 +19,6 @@ BASIS_REL = 1e-6
 F64_REL = 1e-11
 
 CONV_FILES = [n for n in golden_names("layer_") if "lift" in n or "group" in n]
-
-
-def build_layer(meta, dtype):
-    args = meta["args"]
-    common = dict(kernel_size=args["kernel_size"], effective_size=args["effective_size"],
-                  scales=args["scales"], rotations=args["rotations"], stride=args["stride"],
-                  padding=args["padding"], bias=args["bias"], basis_type=args["basis_type"],
-                  backend="reference", **args["kw"])
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)   # the basis follows the default dtype, as in the original
-    try:
-        if meta["layer"] == "SESConv_Z2_H":
-            return rnn.SESConv_Z2_H(args["in_channels"], args["out_channels"], **common)
-        return rnn.SESConv_H_H(args["in_channels"], args["out_channels"], args["scale_size"],
-                               args["rotation_size"], **common)
-    finally:
-        torch.set_default_dtype(previous)
 
 
 def run_layer(layer, arrays, dtype):
@@ -51,7 +34,7 @@ def run_layer(layer, arrays, dtype):
 @pytest.mark.parametrize("name", CONV_FILES)
 def test_conv_layer_float32(name):
     arrays, meta = load_golden(name)
-    layer = build_layer(meta, torch.float32)
+    layer = golden_layer(meta, torch.float32)
     assert layer.basis.dtype == torch.float32
     assert_close_to_max(layer.basis, arrays["basis"], BASIS_REL, "basis buffer")
     assert_close_to_max(ref.expand_filter(arrays["weight"], layer.basis), arrays["kernel"],
@@ -66,7 +49,7 @@ def test_conv_layer_float32(name):
 @pytest.mark.parametrize("name", CONV_FILES)
 def test_conv_layer_float64(name):
     arrays, meta = load_golden(name)
-    layer = build_layer(meta, torch.float64)
+    layer = golden_layer(meta, torch.float64)
     assert layer.basis.dtype == torch.float64
     y, grad_x, grad_weight, _ = run_layer(layer, arrays, torch.float64)
     assert_close_to_max(y, arrays["y_f64"], F64_REL, "y_f64")
@@ -101,7 +84,7 @@ def test_max_projection():
 def test_state_dict_round_trip(name):
     """Original parameter/buffer names load strictly; the basis travels in the state_dict."""
     arrays, meta = load_golden(name)
-    layer = build_layer(meta, torch.float32)
+    layer = golden_layer(meta, torch.float32)
     expected = {"weight", "basis"} | ({"bias"} if meta["args"]["bias"] else set())
     assert set(layer.state_dict()) == expected
     state = {k: arrays[k] for k in expected}

@@ -178,18 +178,19 @@ def test_default_basis_and_backend_reach_every_rotoscale_layer(name):
 
 def test_forward_dispatches_every_layer_to_the_requested_backend(monkeypatch):
     from rstfast import backends
-    from rstfast.reference import functional
     requested = []
+    resolve = backends.resolve
 
-    def resolve(backend, device, op=None):
+    def recording(backend, *args, **kwargs):
         requested.append(backend)
-        return functional
+        return resolve("reference", *args, **kwargs)
 
-    monkeypatch.setattr(backends, "resolve", resolve)
+    monkeypatch.setattr(backends, "resolve", recording)
     model = models.get("mnist_ses_vector_28_rot_4_interrot_2", backend="cpp")
     with torch.no_grad():
         assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
     assert requested == ["cpp"] * 3
+    assert backends.used(model) == {"group": "reference", "lift": "reference"}
 
 
 def test_ses_hyperparameters():

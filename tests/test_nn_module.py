@@ -1,12 +1,10 @@
 """The layers behave like ordinary nn.Modules: init, state_dict, .to(), autograd, AMP, compile."""
 import math
 
-import pytest
 import torch
 
 import rstfast
 import rstfast.nn as rnn
-from rstfast.reference import functional as ref
 
 ROT8 = [x * 2 * math.pi / 8 for x in range(8)]
 SCALES = [2.0, 2.5, 3.2, 4.0]   # K = 11 gives supports 5, 7, 9, 11 (E needs >= 5)
@@ -49,7 +47,7 @@ def test_basis_buffer_matches_public_builder_and_support():
     layer = small_group()
     expected = rstfast.steerable_basis("E", 11, ROT8, SCALES, 5, mult=1.5, max_order=4)
     assert torch.equal(layer.basis, expected)
-    assert layer.support == ref.basis_support(expected, 8) == (5, 7, 9, 11)
+    assert layer.support == rstfast.geometry.basis_support(expected, 8) == (5, 7, 9, 11)
 
 
 def test_to_float64_and_autograd():

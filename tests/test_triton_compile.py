@@ -28,13 +28,12 @@ SHARED_MEMORY_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
 KERNELS = {
     "forward": ("rs_conv_fwd", "_rs_conv_fwd_kernel",
                 {"x_ptr": "x", "w_ptr": "fp32", "bias_ptr": "fp32", "y_ptr": "x",
-                 "support_ptr": "i32", "offset_ptr": "i64"}, "HAS_BIAS"),
+                 "tables_ptr": "i64"}, "HAS_BIAS"),
     "backward_input": ("rs_conv_bwd", "_rs_conv_bwd_input_kernel",
-                       {"gy_ptr": "x", "w_ptr": "fp32", "dx_ptr": "x", "support_ptr": "i32",
-                        "offset_ptr": "i64"}, "LIFTING"),
+                       {"gy_ptr": "x", "w_ptr": "fp32", "dx_ptr": "x", "tables_ptr": "i64"}, None),
     "backward_filters": ("rs_conv_bwd", "_rs_conv_bwd_filter_kernel",
-                         {"x_ptr": "x", "gy_ptr": "x", "dw_ptr": "fp32", "support_ptr": "i32",
-                          "offset_ptr": "i64"}, None),
+                         {"x_ptr": "x", "gy_ptr": "x", "dw_ptr": "fp32", "tables_ptr": "i64"},
+                         None),
 }
 NUM_CONFIGS = 4            # len(_CONFIGS) of both kernel modules; checked in the subprocess
 # name -> (activation element type, PRECISION constexpr): what jit.dot_options gives on a GPU.

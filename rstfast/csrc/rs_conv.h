@@ -1,9 +1,10 @@
-// Roto-scale convolutions: the ATen-facing entry points shared by the CPU and CUDA builds.
+// Roto-scale convolution kernels on the cropped filter buffer: the ATen-facing entry points of
+// the CPU and CUDA builds (ops rstfast_cpp::conv_forward / conv_backward, schemas in bindings.cpp).
 //
-// Index conventions (spec/layers.md): group maps [B, C, T, H, W] with t = r*S + s (rotation-major),
-// basis [F, T, K, K], lifting weight [O, C, F], group weight [O, C, Lr*Ls, F] with a = i*Ls + j.
-// `support` holds odd box sides; output slice t uses support[t % support.size()] (one entry per
-// scale or one per slice); taps outside the centred box are skipped (they are zero in the basis).
+// x [B, C, H, W] (lifting) or [B, C, T, H, W] (t = r*S + s); filters: the flat buffer of
+// rstfast.geometry (per scale s a block [A, R, O, C, n_s, n_s]); y / grad_y [B, O, T, H', W'].
+// conv_backward returns (grad_x, grad_filters); an entry whose output_mask is false is an empty
+// tensor; grad_filters is zero in slots no output reads through.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -11,48 +12,23 @@
 #include <array>
 #include <optional>
 #include <tuple>
-#include <vector>
+
+#include "geometry.h"
 
 namespace rstfast {
 
-// Sizes of one call. The lifting layer is the group layer with one input slice and one offset.
-struct Geometry {
-  int64_t batch, in_channels, out_channels, num_funcs, kernel;
-  int64_t in_slices;   // T of the input (1 for the lifting layer)
-  int64_t out_slices;  // T of the output
-  int64_t offsets;     // A = Lr * Ls (1 for the lifting layer)
-  int64_t height, width, out_height, out_width, stride, padding;
-  int64_t plane() const { return height * width; }
-  int64_t out_plane() const { return out_height * out_width; }
-};
+// Decode the int[] geometry (a ValueError naming `geometry` when malformed).
+Geometry decode_geometry(at::IntArrayRef code);
+// Shapes, dtypes and devices of x, filters and bias against g (ValueError / TypeError).
+void check_conv_args(const at::Tensor& x, const at::Tensor& filters,
+                     const std::optional<at::Tensor>& bias, const Geometry& g);
 
-// Validate the arguments of a lifting / group call and return its sizes.
-Geometry lift_geometry(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& basis,
-                       int64_t stride, int64_t padding, at::IntArrayRef support);
-Geometry group_geometry(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& basis,
-                        int64_t num_rotations, int64_t rotation_size, int64_t scale_size,
-                        int64_t stride, int64_t padding, at::IntArrayRef support);
-// True when a bias is given; raises unless it is [O] with the dtype and device of x.
-bool check_bias(const std::optional<at::Tensor>& bias, const at::Tensor& x, int64_t out_channels);
+at::Tensor conv_forward_cpu(const at::Tensor& x, const at::Tensor& filters,
+                            const std::optional<at::Tensor>& bias, at::IntArrayRef geometry);
 
-at::Tensor lift_conv_forward_cpu(const at::Tensor& x, const at::Tensor& weight,
-                                 const at::Tensor& basis, const std::optional<at::Tensor>& bias,
-                                 int64_t stride, int64_t padding, at::IntArrayRef support);
-
-std::tuple<at::Tensor, at::Tensor> lift_conv_backward_cpu(
-    const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& weight,
-    const at::Tensor& basis, int64_t stride, int64_t padding, at::IntArrayRef support,
-    std::array<bool, 2> output_mask);
-
-at::Tensor group_conv_forward_cpu(const at::Tensor& x, const at::Tensor& weight,
-                                  const at::Tensor& basis, const std::optional<at::Tensor>& bias,
-                                  int64_t num_rotations, int64_t rotation_size,
-                                  int64_t scale_size, int64_t stride, int64_t padding,
-                                  at::IntArrayRef support);
-
-std::tuple<at::Tensor, at::Tensor> group_conv_backward_cpu(
-    const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& weight,
-    const at::Tensor& basis, int64_t num_rotations, int64_t rotation_size, int64_t scale_size,
-    int64_t stride, int64_t padding, at::IntArrayRef support, std::array<bool, 2> output_mask);
+std::tuple<at::Tensor, at::Tensor> conv_backward_cpu(const at::Tensor& grad_y, const at::Tensor& x,
+                                                     const at::Tensor& filters,
+                                                     at::IntArrayRef geometry,
+                                                     std::array<bool, 2> output_mask);
 
 }  // namespace rstfast

@@ -1,43 +1,56 @@
-// CUDA roto-scale convolution kernels: launchers on raw pointers (no torch headers), so the .cu file
-// compiles with a bare CUDA toolkit. rs_conv_cuda_glue.cpp is the ATen-facing side.
+// CUDA roto-scale convolution kernels: launchers on raw pointers (no torch headers), so the .cu
+// file compiles with a bare CUDA toolkit. rs_conv_cuda_glue.cpp is the ATen-facing side.
 //
-// Layouts (all contiguous): x [B, C, T_in, H, W] (lifting: T_in = 1), weight [O, C, A, F],
-// basis [F, T, K, K], y / grad_y [B, O, T, H', W'], box [T] int32 on the device (support box side of
-// each output slice). Group layer: output t = r*S + s reads input slice ((r + i) mod R)*S + s + j
-// with weight offset a = i*Ls + j (s + j < S); lifting: every t reads slice 0 with a = 0.
+// Layouts (all contiguous): x [B, C, T_in, H, W] (lifting: T_in = 1), y / grad_y [B, O, T, H', W'],
+// filters: the float32 buffer of rstfast.geometry (per scale s a block [A, R, O, C, n_s, n_s] at
+// block_offset(s)). `tables` is the tail of the geometry encoding on the device:
+// [support S | crop S | block_offset S | read T*A] (read: input slice of (t, a), -1 for none).
 #pragma once
 
 #include <cuda_runtime_api.h>
+
+#include <cstdint>
 
 namespace rstfast {
 namespace cuda {
 
 enum class DType { kFloat32, kFloat16, kBFloat16 };
 
-struct ConvShape {
-  int batch, in_channels, out_channels, num_funcs, kernel;
-  int in_slices, out_slices, offsets;           // T_in, T, A
-  int num_rotations, num_scales, rotation_size, scale_size;
-  bool lifting;
+struct KernelGeometry {
+  int batch, in_channels, out_channels, kernel;
+  int num_rotations, num_scales, offsets, in_slices, out_slices;
   int height, width, out_height, out_width, stride, padding;
-  const int* box;                               // [T] on the device
+  const int64_t* tables;  // on the device
+
+  __host__ __device__ int support(int s) const { return static_cast<int>(tables[s]); }
+  __host__ __device__ int crop(int s) const { return static_cast<int>(tables[num_scales + s]); }
+  __host__ __device__ int64_t block_offset(int s) const { return tables[2 * num_scales + s]; }
+  __host__ __device__ int input_slice(int t, int a) const {
+    return static_cast<int>(tables[3 * num_scales + t * offsets + a]);
+  }
+  // Start of the n x n filter of (slot (a, r) of scale s, output channel o, input channel c).
+  __host__ __device__ int64_t filter_at(int s, int a, int r, int o, int c) const {
+    const int n = support(s);
+    return block_offset(s) +
+           ((((static_cast<int64_t>(a) * num_rotations + r) * out_channels + o) * in_channels + c) *
+            n * n);
+  }
 };
 
-// Largest kernel side the kernels take (the grad-weight kernel keeps K*K taps per block).
+// Largest kernel side the kernels take (the shared-memory tiles hold K x K taps).
 constexpr int kMaxKernel = 31;
 
-// y = conv(x) (+ bias when not null); filters are produced per block from weight and basis.
-cudaError_t launch_forward(DType dtype, const void* x, const void* weight, const void* basis,
-                           const void* bias, void* y, const ConvShape& shape, cudaStream_t stream);
+// y = conv(x) (+ bias_f32 when not null).
+cudaError_t launch_forward(DType dtype, const void* x, const float* filters, const float* bias_f32,
+                           void* y, const KernelGeometry& g, cudaStream_t stream);
 
 // grad_x (overwritten) from grad_y.
-cudaError_t launch_grad_input(DType dtype, const void* grad_y, const void* weight,
-                              const void* basis, void* grad_x, const ConvShape& shape,
-                              cudaStream_t stream);
+cudaError_t launch_grad_input(DType dtype, const void* grad_y, const float* filters, void* grad_x,
+                              const KernelGeometry& g, cudaStream_t stream);
 
-// grad_weight_f32 [O, C, A, F] += contribution of grad_y (float32 buffer, zeroed by the caller).
-cudaError_t launch_grad_weight(DType dtype, const void* grad_y, const void* x, const void* basis,
-                               float* grad_weight_f32, const ConvShape& shape, cudaStream_t stream);
+// grad_filters (float32 buffer, zeroed by the caller): every slot read by some output written.
+cudaError_t launch_grad_filters(DType dtype, const void* grad_y, const void* x, float* grad_filters,
+                                const KernelGeometry& g, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace rstfast

@@ -28,7 +28,7 @@ GEMM_CONFIGS = [
 ]
 INTERPRETER_CONFIG = triton.Config({"BLOCK_M": 128, "BLOCK_N": 32, "BLOCK_K": 128})
 # Kernel arguments the tuned config is keyed on (the problem shape).
-AUTOTUNE_KEY = ["B", "C", "H", "W", "O", "R", "S", "Lr", "Ls", "K", "stride"]
+AUTOTUNE_KEY = ["B", "C", "H", "W", "O", "R", "S", "A", "stride", "padding"]
 
 
 def interpreting() -> bool:

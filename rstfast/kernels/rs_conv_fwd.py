@@ -1,11 +1,12 @@
 """Forward roto-scale convolution as one implicit GEMM (lifting and group layers).
 
 Program ``(pid_m, pid_n, t)``: a tile of ``BLOCK_M`` output pixels (flattened ``b, h', w'``) times
-``BLOCK_N`` output channels of output slice ``t = r*S + s``. Reduction over the offsets
-``(i < Lr, j < min(Ls, S - s))`` and ``k = (u * n_s + v) * C + c`` over the support of scale ``s``
-only. Input slice ``((r + i) mod R) * S + s + j`` is gathered straight from ``x`` (strides; zero
-padding by masks; no copy); the filter tile comes from the buffer of :mod:`.layout`. The lifting
-layer is the case ``Lr = Ls = 1`` with input slice stride 0. Bias is added in the epilogue.
+``BLOCK_N`` output channels of output slice ``t = r*S + s``. Reduction over the offsets ``a`` whose
+input slice ``q = read[t, a]`` exists (the geometry's index map, read from ``tables``) and over
+``k = c * n_s^2 + u * n_s + v`` — the taps of scale ``s``'s support only. The input slice is
+gathered straight from ``x`` (strides; zero padding by masks; no copy); the filter tile is slot
+``(a, r)`` ``[O, C, n_s, n_s]`` of the buffer (:mod:`rstfast.geometry`). The lifting layer is the
+case of one input plane (slice stride 0). Bias is added in the epilogue.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import triton
 import triton.language as tl
 
 from .jit import AUTOTUNE_KEY, GEMM_CONFIGS, INTERPRETER_CONFIG, dot_options, lazy_kernel
-from .layout import ConvGeometry, FilterLayout
+from .launch import geometry_tables, kernel_sizes, strides_5d
 
 __all__ = ["conv_forward"]
 
@@ -27,8 +28,8 @@ _CONFIGS = GEMM_CONFIGS + [
 
 @lazy_kernel(_CONFIGS, key=AUTOTUNE_KEY, interpreter_config=INTERPRETER_CONFIG)
 def _rs_conv_fwd_kernel(
-        x_ptr, w_ptr, bias_ptr, y_ptr, support_ptr, offset_ptr,
-        B, C, H, W, O, Ho, Wo, R, S, Lr, Ls, K, stride, padding,
+        x_ptr, w_ptr, bias_ptr, y_ptr, tables_ptr,
+        B, C, H, W, O, Ho, Wo, R, S, A, stride, padding,
         sxb, sxc, sxt, sxh, sxw, syb, syo, syt, syh, syw,
         HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
@@ -37,10 +38,11 @@ def _rs_conv_fwd_kernel(
     t = tl.program_id(2)
     r = t // S
     s = t % S
-    n = tl.load(support_ptr + s)
-    shift = (K - n) // 2 - padding
-    reduction = n * n * C
-    block_base = tl.load(offset_ptr + s)
+    n = tl.load(tables_ptr + s).to(tl.int32)
+    shift = tl.load(tables_ptr + S + s).to(tl.int32) - padding
+    block_base = tl.load(tables_ptr + 2 * S + s)
+    taps = n * n
+    reduction = C * taps
 
     m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     m_ok = m < B * Ho * Wo
@@ -55,24 +57,23 @@ def _rs_conv_fwd_kernel(
     compute_dtype = x_ptr.dtype.element_ty
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    num_j = tl.minimum(Ls, S - s)
-    for i in range(0, Lr):
-        r_in = (r + i) % R
-        for j in range(0, num_j):
-            x_plane = x_rows + (r_in * S + s + j).to(tl.int64) * sxt
-            w_block = w_ptr + block_base + ((i * Ls + j) * R + r).to(tl.int64) * reduction * O
+    for a in range(0, A):
+        q = tl.load(tables_ptr + 3 * S + t * A + a).to(tl.int32)
+        if q >= 0:
+            x_plane = x_rows + q.to(tl.int64) * sxt
+            w_slot = w_ptr + block_base + ((a * R + r) * O).to(tl.int64) * reduction
             for k0 in range(0, reduction, BLOCK_K):
                 k = k0 + tl.arange(0, BLOCK_K)
                 k_ok = k < reduction
-                c = k % C
-                tap = k // C
+                c = k // taps
+                tap = k % taps
                 hi = h0[:, None] + (tap // n)[None, :]
                 wi = w0[:, None] + (tap % n)[None, :]
                 ok = (m_ok[:, None] & k_ok[None, :] & (hi >= 0) & (hi < H)
                       & (wi >= 0) & (wi < W))
                 x_tile = tl.load(x_plane[:, None] + c[None, :] * sxc + hi * sxh + wi * sxw,
                                  mask=ok, other=0.0)
-                w_tile = tl.load(w_block + k[:, None] * O + o[None, :],
+                w_tile = tl.load(w_slot + o[None, :].to(tl.int64) * reduction + k[:, None],
                                  mask=k_ok[:, None] & o_ok[None, :], other=0.0)
                 w_tile = w_tile.to(compute_dtype)
                 if UPCAST:
@@ -87,17 +88,15 @@ def _rs_conv_fwd_kernel(
 
 
 def conv_forward(x: torch.Tensor, filters: torch.Tensor, bias: Optional[torch.Tensor],
-                 geo: ConvGeometry, layout: FilterLayout) -> torch.Tensor:
+                 geo) -> torch.Tensor:
     """x ``[B, C, H, W]`` (lifting) or ``[B, C, T, H, W]``, float32 filter buffer, bias ``[O]`` or
     None -> y ``[B, O, T, H', W']`` in x's dtype."""
-    y = torch.empty(geo.out_shape(), dtype=x.dtype, device=x.device)
-    sxb, sxc, sxh, sxw = x.stride(0), x.stride(1), x.stride(-2), x.stride(-1)
-    sxt = 0 if geo.lifting else x.stride(2)
-    grid = lambda meta: (triton.cdiv(geo.batch * geo.out_height * geo.out_width, meta["BLOCK_M"]),
+    y = torch.empty(geo.out_shape(x.shape), dtype=x.dtype, device=x.device)
+    sizes = kernel_sizes(geo, x.shape)
+    grid = lambda meta: (triton.cdiv(y.shape[0] * y.shape[3] * y.shape[4], meta["BLOCK_M"]),
                          triton.cdiv(geo.out_channels, meta["BLOCK_N"]), geo.group_size)
     _rs_conv_fwd_kernel[grid](
-        x, filters, bias if bias is not None else filters, y,
-        layout.supports_device, layout.offsets_device, *geo.kernel_args(),
-        sxb, sxc, sxt, sxh, sxw, *y.stride(),
+        x, filters, bias if bias is not None else filters, y, geometry_tables(geo, x.device),
+        *sizes, *strides_5d(x, geo.lifting), *y.stride(),
         HAS_BIAS=bias is not None, **dot_options(x.dtype))
     return y

@@ -12,7 +12,8 @@ import math
 import torch
 import torch.nn as nn
 
-from .. import _checks, backends
+from .. import _checks, backends, ops
+from ..geometry import Geometry, group_geometry, lifting_geometry
 from ..reference import functional as ref
 from ..reference.bases import steerable_basis
 
@@ -22,8 +23,26 @@ __all__ = ["LiftingConv", "GroupConv", "GroupConv1x1", "GroupMaxProjection",
 _BASIS_KWARGS = ("mult", "max_order", "spt")
 
 
+def _refresh_geometry(module, incompatible_keys) -> None:
+    """``load_state_dict`` post-hook: measure the support of the loaded basis."""
+    module.geometry
+
+
 class _RotoScaleConv(nn.Module):
-    """Shared construction: basis buffer, coefficient weight ``[O, C, *offsets, F]``, bias, backend."""
+    """Shared construction: basis buffer, coefficient weight ``[O, C, *offsets, F]``, bias, backend,
+    and the layer's :class:`rstfast.geometry.Geometry` (built once; rebuilt when the basis buffer
+    changes, e.g. by ``load_state_dict``).
+
+    Inference cache: when no gradient can flow (``torch.no_grad`` / ``inference_mode``, or frozen
+    parameters and an input that needs no gradient) the filters the backend convolves with —
+    dense for functional backends, the cropped buffer for kernel backends — are built once per
+    weight version and reused; they are invalidated when the weight or basis is written (version
+    counters), moved or cast, and by ``train()``; never part of the ``state_dict``. Set
+    ``cache_filters = False`` on a layer to turn it off.
+    """
+    layer_kind = ""
+    cache_filters = True
+    last_backend = None          # name of the backend that ran the last forward (backends.used)
 
     def __init__(self, in_channels, out_channels, kernel_size, effective_size, scales, rotations,
                  stride, padding, bias, basis_type, backend, offsets, basis_kwargs):
@@ -40,6 +59,7 @@ class _RotoScaleConv(nn.Module):
         self.scales = [round(s, 3) for s in scales]        # as the original: for repr only
         self.num_scales = len(scales)
         self.num_rotations = len(rotations)
+        self.rotation_size, self.scale_size = offsets if offsets else (1, 1)
         kwargs = {k: v for k, v in basis_kwargs.items() if k in _BASIS_KWARGS}
         basis = steerable_basis(basis_type, self.kernel_size, rotations, scales,
                                 self.effective_size, **kwargs)
@@ -50,15 +70,39 @@ class _RotoScaleConv(nn.Module):
                 f"types A, B and D take no rotations, use rotations=[0.0] with them")
         self.register_buffer("basis", basis)
         self.num_funcs = basis.shape[0]
-        self.support = ref.basis_support(basis, self.num_rotations)
-        self.weight = nn.Parameter(torch.empty(self.out_channels, self.in_channels, *offsets,
+        num_offsets = (self.rotation_size * self.scale_size,) if offsets else ()
+        self.weight = nn.Parameter(torch.empty(self.out_channels, self.in_channels, *num_offsets,
                                                self.num_funcs))
-        self.register_parameter("bias", nn.Parameter(torch.zeros(self.out_channels)) if bias else None)
+        self.register_parameter("bias",
+                                nn.Parameter(torch.zeros(self.out_channels)) if bias else None)
+        self._geometry_stamp = None
+        self._filter_cache = None
         self.reset_parameters()
+        self.register_load_state_dict_post_hook(_refresh_geometry)
+        self.geometry                           # built now: torch.compile reads it as is
 
     @property
     def group_size(self) -> int:
         return self.num_rotations * self.num_scales
+
+    @property
+    def geometry(self) -> Geometry:
+        """The layer's geometry; its support is measured from the basis buffer, again whenever
+        the buffer was replaced or written since."""
+        stamp = (self.basis.data_ptr(), self.basis._version, self.basis.device)
+        if self._geometry_stamp is None or self._geometry_stamp[0] != stamp:
+            build = lifting_geometry if self.layer_kind == "lift" else group_geometry
+            sizes = {} if self.layer_kind == "lift" else dict(
+                rotation_size=self.rotation_size, scale_size=self.scale_size)
+            geo = build(self.in_channels, self.out_channels, self.basis, self.num_rotations,
+                        stride=self.stride, padding=self.padding, **sizes)
+            self._geometry_stamp = (stamp, geo)
+        return self._geometry_stamp[1]
+
+    @property
+    def support(self) -> tuple:
+        """Per-scale support boxes (see :func:`rstfast.geometry.basis_support`)."""
+        return self.geometry.support
 
     def reset_parameters(self) -> None:
         """As the original: kaiming_uniform_(a=sqrt(5)) on the coefficients, zero bias."""
@@ -66,20 +110,42 @@ class _RotoScaleConv(nn.Module):
         if self.bias is not None:
             nn.init.zeros_(self.bias)
 
-    def _check_spatial(self, x: torch.Tensor) -> None:
-        h, w = x.shape[-2:]
-        if min(h, w) + 2 * self.padding < self.kernel_size:
-            raise ValueError(f"x: spatial size {h}x{w} with padding {self.padding} is smaller than "
-                             f"kernel_size {self.kernel_size}; expected H, W >= "
-                             f"{self.kernel_size - 2 * self.padding}")
+    def train(self, mode: bool = True):
+        self._filter_cache = None
+        return super().train(mode)
 
-    last_backend = None          # name of the backend that ran the last forward (backends.used)
+    def _apply(self, fn, recurse=True):
+        self._filter_cache = None               # .to(), .cuda(), .double(), ...
+        return super()._apply(fn, recurse)
 
-    def _backend(self, x: torch.Tensor):
-        name = backends.resolve_name(self.backend, x.device)
-        if not torch.compiler.is_compiling():
-            self.last_backend = name
-        return backends.resolve(self.backend, x.device)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x ``[B, C, H, W]`` (lifting) or ``[B, C, R*S, H, W]`` -> ``[B, O, R*S, H', W']``."""
+        if torch.compiler.is_compiling():         # geometry as last built eagerly (no cache)
+            return ops.roto_scale_conv(x, self.weight, self.basis, self.bias,
+                                       self._geometry_stamp[1], self.backend)
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x: expected a torch.Tensor, got {type(x).__name__}")
+        geo = self.geometry
+        geo.check_input(x)
+        _checks.like_layer(x, name="x", like=self.weight)
+        choice = ops.select(x, self.backend)
+        self.last_backend = choice.name
+        return ops.run(choice, x, self.weight, self.basis, self.bias, geo,
+                       filters=self._cached_filters(x, choice, geo))
+
+    def _cached_filters(self, x: torch.Tensor, choice, geo):
+        """The reusable filters of ``choice`` when no gradient can flow, else None."""
+        params = [x, self.weight] + ([self.bias] if self.bias is not None else [])
+        if not self.cache_filters or (torch.is_grad_enabled()
+                                      and any(t.requires_grad for t in params)):
+            return None
+        key = (choice.backend.kind, choice.module.__name__, self.weight.data_ptr(),
+               self.weight._version, self.weight.dtype, self.basis.data_ptr(),
+               self.basis._version, x.device)
+        if self._filter_cache is None or self._filter_cache[0] != key:
+            self._filter_cache = None               # free the old filters before building
+            self._filter_cache = (key, ops.prepare_filters(choice, self.weight, self.basis, geo))
+        return self._filter_cache[1]
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}->{self.out_channels} | basis={self.basis_type} "
@@ -102,12 +168,6 @@ class LiftingConv(_RotoScaleConv):
         super().__init__(in_channels, out_channels, kernel_size, effective_size, scales, rotations,
                          stride, padding, bias, basis_type, backend, (), kwargs)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _checks.feature_map(x, name="x", ndim=4, channels=self.in_channels, like=self.weight)
-        self._check_spatial(x)
-        return self._backend(x).lift_conv(x, self.weight, self.basis, self.bias,
-                                                       self.stride, self.padding, self.support)
-
 
 class GroupConv(_RotoScaleConv):
     """Group convolution H -> H: ``[B, C, R*S, H, W] -> [B, O, R*S, H', W']`` (rotation-major).
@@ -129,18 +189,7 @@ class GroupConv(_RotoScaleConv):
                         len(_checks.float_list("rotations", rotations)))
         super().__init__(in_channels, out_channels, kernel_size, effective_size, scales, rotations,
                          stride, padding, bias, basis_type, backend,
-                         (rotation_size * scale_size,), kwargs)
-        self.scale_size = scale_size
-        self.rotation_size = rotation_size
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _checks.feature_map(x, name="x", ndim=5, channels=self.in_channels,
-                            groups=self.group_size, like=self.weight)
-        self._check_spatial(x)
-        return self._backend(x).group_conv(x, self.weight, self.basis, self.bias,
-                                                         self.num_rotations, self.rotation_size,
-                                                         self.scale_size, self.stride,
-                                                         self.padding, self.support)
+                         (rotation_size, scale_size), kwargs)
 
     def extra_repr(self) -> str:
         return (super().extra_repr()

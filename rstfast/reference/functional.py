@@ -7,7 +7,8 @@ Index conventions (see ``spec/layers.md``):
   weight of the group layer ``[O, C, Lr * Ls, F]`` with third index ``a = i * Ls + j``
   (``i`` rotation offset, ``j`` scale offset);
 * output rotation ``r`` reads input rotations ``(r + i) mod R`` (circular), output scale ``s`` reads
-  input scale ``s + j`` or zero when ``s + j >= S``; the filter of output ``t`` is the basis slice ``t``.
+  input scale ``s + j`` or zero when ``s + j >= S`` (:func:`rstfast.geometry.index_map`); the
+  filter of output ``t`` is the basis slice ``t``.
 
 Clarity first: the filter is expanded densely and the convolution is one grouped ``conv2d`` (on CPU
 one per output rotation).
@@ -15,17 +16,19 @@ Autograd, float64 and any device work as for ordinary PyTorch code.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["unavailable_reason", "expand_filter", "lift_conv", "group_conv", "group_conv_1x1", "max_projection",
-           "basis_support"]
+from ..geometry import index_map
+
+__all__ = ["unavailable_reason", "expand_filter", "lift_conv", "group_conv", "lift_conv_dense",
+           "group_conv_dense", "group_conv_1x1", "max_projection"]
 
 
 def unavailable_reason(device) -> Optional[str]:
-    """The reference runs wherever PyTorch does (backend contract, see rstfast.backends)."""
+    """The reference runs wherever PyTorch does (functional backend contract, rstfast.backends)."""
     return None
 
 
@@ -37,17 +40,21 @@ def expand_filter(weight: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
 
 
 def lift_conv(x: torch.Tensor, weight: torch.Tensor, basis: torch.Tensor,
-              bias: Optional[torch.Tensor] = None, stride: int = 1, padding: int = 0,
-              support: Optional[Sequence[int]] = None) -> torch.Tensor:
+              bias: Optional[torch.Tensor] = None, stride: int = 1,
+              padding: int = 0) -> torch.Tensor:
     """Lifting convolution Z2 -> H.
 
     x ``[B, C, H, W]``, weight ``[O, C, F]``, basis ``[F, T, K, K]``, bias ``[O]`` or None
     -> ``[B, O, T, H', W']`` with ``H' = (H + 2p - K) // stride + 1``.
-    ``support`` (per-scale non-zero box sizes) is accepted for interface parity and unused here.
     """
-    out_channels, in_channels, _ = weight.shape
-    num_groups, k = basis.shape[1], basis.shape[-1]
-    kernel = expand_filter(weight, basis)                       # [O, C, T, K, K]
+    return lift_conv_dense(x, expand_filter(weight, basis), bias, stride, padding)
+
+
+def lift_conv_dense(x: torch.Tensor, kernel: torch.Tensor, bias: Optional[torch.Tensor],
+                    stride: int, padding: int) -> torch.Tensor:
+    """:func:`lift_conv` with the dense filter ``kernel = expand_filter(weight, basis)``
+    ``[O, C, T, K, K]``."""
+    out_channels, in_channels, num_groups, k, _ = kernel.shape
     kernel = kernel.transpose(1, 2).reshape(out_channels * num_groups, in_channels, k, k)
     y = F.conv2d(x, kernel, stride=stride, padding=padding)     # channel o * T + t
     y = y.view(x.shape[0], out_channels, num_groups, *y.shape[-2:])
@@ -58,33 +65,37 @@ def lift_conv(x: torch.Tensor, weight: torch.Tensor, basis: torch.Tensor,
 
 def _neighbourhood(x: torch.Tensor, num_rotations: int, rotation_size: int,
                    scale_size: int) -> torch.Tensor:
-    """``[B, C, R*S, H, W] -> [B, C, Lr*Ls, R*S, H, W]``: slot ``a = i*Ls + j`` at output
-    ``t = r*S + s`` holds input slice ``((r + i) mod R) * S + (s + j)``, zero when ``s + j >= S``."""
+    """``[B, C, R*S, H, W] -> [B, C, Lr*Ls, R*S, H, W]``: slot ``a`` at output ``t`` holds input
+    slice :func:`rstfast.geometry.index_map` ``[t][a]``, zero where that is -1 (past the top
+    scale)."""
     b, c, t, h, w = x.shape
-    x6 = x.reshape(b, c, num_rotations, t // num_rotations, h, w)
-    slots = []
-    for i in range(rotation_size):
-        rolled = torch.roll(x6, shifts=-i, dims=2)
-        for j in range(scale_size):
-            shifted = F.pad(rolled[:, :, :, j:], (0, 0, 0, 0, 0, j))
-            slots.append(shifted.reshape(b, c, t, h, w))
-    return torch.stack(slots, dim=2)
+    table = torch.tensor(index_map(num_rotations, t // num_rotations, rotation_size, scale_size),
+                         device=x.device)                       # [T, A]
+    padded = torch.cat([x, x.new_zeros(b, c, 1, h, w)], dim=2)  # slice T is the zero slice
+    slab = padded[:, :, torch.where(table < 0, t, table).t().flatten()]
+    return slab.view(b, c, -1, t, h, w)
 
 
 def group_conv(x: torch.Tensor, weight: torch.Tensor, basis: torch.Tensor,
                bias: Optional[torch.Tensor] = None, num_rotations: int = 1,
-               rotation_size: int = 1, scale_size: int = 1, stride: int = 1, padding: int = 0,
-               support: Optional[Sequence[int]] = None) -> torch.Tensor:
+               rotation_size: int = 1, scale_size: int = 1, stride: int = 1,
+               padding: int = 0) -> torch.Tensor:
     """Group convolution H -> H with inter-rotation (circular) and inter-scale (zero-padded) mixing.
 
     x ``[B, C, T, H, W]`` (``T = R*S``, rotation-major), weight ``[O, C, Lr*Ls, F]``,
     basis ``[F, T, K, K]``, bias ``[O]`` or None -> ``[B, O, T, H', W']``.
-    ``support`` is accepted for interface parity and unused here.
     """
-    out_channels, in_channels, num_offsets, _ = weight.shape
-    b, _, num_groups, h, w = x.shape
-    k = basis.shape[-1]
-    kernel = expand_filter(weight, basis)                       # [O, C, A, T, K, K]
+    return group_conv_dense(x, expand_filter(weight, basis), bias, num_rotations, rotation_size,
+                            scale_size, stride, padding)
+
+
+def group_conv_dense(x: torch.Tensor, kernel: torch.Tensor, bias: Optional[torch.Tensor],
+                     num_rotations: int, rotation_size: int, scale_size: int, stride: int,
+                     padding: int) -> torch.Tensor:
+    """:func:`group_conv` with the dense filter ``kernel = expand_filter(weight, basis)``
+    ``[O, C, Lr*Ls, T, K, K]``."""
+    out_channels, in_channels, num_offsets, num_groups, k, _ = kernel.shape
+    b, _, _, h, w = x.shape
     kernel = kernel.permute(3, 0, 1, 2, 4, 5).reshape(
         num_groups * out_channels, in_channels * num_offsets, k, k)
     slab = _neighbourhood(x, num_rotations, rotation_size, scale_size)  # [B, C, A, T, H, W]
@@ -112,22 +123,3 @@ def group_conv_1x1(x: torch.Tensor, weight: torch.Tensor, stride: int = 1) -> to
 def max_projection(x: torch.Tensor) -> torch.Tensor:
     """Max over the whole group axis: ``[B, C, T, H, W] -> [B, C, H, W]``."""
     return x.max(dim=2).values
-
-
-def basis_support(basis: torch.Tensor, num_rotations: int) -> tuple:
-    """Side of the smallest centred square holding every non-zero tap of each scale.
-
-    basis ``[F, R*S, K, K]`` -> tuple of ``S`` odd ints (``K`` where the scale fills the kernel).
-    Fast backends skip the taps outside this box; they are exactly zero in every basis type.
-    """
-    num_funcs, num_groups, k, _ = basis.shape
-    nonzero = (basis != 0).reshape(num_funcs, num_rotations, num_groups // num_rotations, k, k)
-    nonzero = nonzero.any(dim=1).any(dim=0)                     # [S, K, K]
-    centre = k // 2
-    offsets = torch.arange(k, device=basis.device) - centre
-    ring = torch.maximum(offsets.abs()[:, None], offsets.abs()[None, :])  # Chebyshev radius
-    sizes = []
-    for plane in nonzero:
-        radius = int(ring[plane].max()) if bool(plane.any()) else 0
-        sizes.append(2 * radius + 1)
-    return tuple(sizes)

@@ -1,0 +1,33 @@
+"""What every Triton launch takes from the geometry: problem sizes, strides, device tables."""
+from __future__ import annotations
+
+import functools
+from typing import Tuple
+
+import torch
+
+from ..geometry import Geometry
+
+__all__ = ["kernel_sizes", "strides_5d", "geometry_tables"]
+
+
+def kernel_sizes(geo: Geometry, x_shape) -> Tuple[int, ...]:
+    """``B, C, H, W, O, Ho, Wo, R, S, A, stride, padding`` in the kernels' argument order."""
+    height, width = x_shape[-2], x_shape[-1]
+    return (x_shape[0], geo.in_channels, height, width, geo.out_channels,
+            *geo.out_size(height, width), geo.num_rotations, geo.num_scales, geo.num_offsets,
+            geo.stride, geo.padding)
+
+
+def strides_5d(z: torch.Tensor, lifting: bool) -> Tuple[int, ...]:
+    """``(b, c, t, h, w)`` strides; the slice stride of a 4-D (lifting) tensor is 0."""
+    if lifting:
+        return z.stride(0), z.stride(1), 0, z.stride(2), z.stride(3)
+    return tuple(z.stride())
+
+
+@functools.lru_cache(maxsize=128)
+def geometry_tables(geo: Geometry, device: torch.device) -> torch.Tensor:
+    """int64 ``[support S | crop S | block_offset S | read T*A]`` on ``device`` (the tail of
+    :meth:`Geometry.encode`; built once per geometry and device)."""
+    return torch.tensor(geo.encoded[12:], dtype=torch.int64, device=device)
