@@ -116,13 +116,12 @@ class Measurement:
 
     def sweep(self, kind: str, layer: str) -> Tuple[List[float], List[float]]:
         """``(values, errors)`` of ``layer`` over the transforms of ``kind`` ('rotation' ->
-        angles, 'scale' -> zoom factors, 'translation' -> shift lengths); identity included
-        for rotations and scales, transforms without compared pixels left out."""
+        angles, 'scale' -> zoom factors, 'translation' -> shift lengths); transforms without
+        compared pixels are left out."""
         key = {"rotation": lambda t: t["angle"], "scale": lambda t: t["scale"],
                "translation": lambda t: math.hypot(*t["shift"])}[kind]
         rows = [r for r in self.results
-                if (r["kind"] == kind or (r["kind"] == "identity" and kind != "translation"))
-                and r["errors"][layer]["error"] is not None]
+                if r["kind"] == kind and r["errors"][layer]["error"] is not None]
         return ([key(r["transform"]) for r in rows], [r["errors"][layer]["error"] for r in rows])
 
     def error(self, layer: str, transform: Transform) -> float:

@@ -123,6 +123,7 @@ def plot_sweeps(curves: Sequence[Tuple[str, Measurement, str]], path, title: str
     import matplotlib.pyplot as plt
 
     fig, (ax_rot, ax_zoom) = plt.subplots(1, 2, figsize=(12, 4.5))
+    ax_zoom.set_xscale("log")
     for label, m, layer in curves:
         for ax, kind in ((ax_rot, "rotation"), (ax_zoom, "scale")):
             values, errors = m.sweep(kind, layer)
@@ -134,13 +135,16 @@ def plot_sweeps(curves: Sequence[Tuple[str, Measurement, str]], path, title: str
         for i in range(group["rotations"] + 1):
             ax_rot.axvline(360 / group["rotations"] * i, color="0.8", linestyle=":", zorder=0)
         if group["scale_ratio"] != 1:
-            for k in range(-3, 4):
-                ax_zoom.axvline(group["scale_ratio"] ** k, color="0.8", linestyle=":", zorder=0)
+            grid = [group["scale_ratio"] ** k for k in range(-3, 4)]
+            for q in grid:
+                ax_zoom.axvline(q, color="0.8", linestyle=":", zorder=0)
+            ax_zoom.set_xticks(grid, [f"{q:.2f}" for q in grid])
+            ax_zoom.minorticks_off()
     ax_rot.set(xlabel="rotation of the input (degrees, counter-clockwise)", yscale="log",
                ylabel="relative L2 error ||f(Tx) - T'f(x)|| / ||T'f(x)||", xlim=(0, 360))
     ax_rot.set_xticks(range(0, 361, 45))
     values = [v for _, m, layer in curves for v in m.sweep("scale", layer)[0]]
-    ax_zoom.set(xlabel="zoom of the input (x scale)", yscale="log", xscale="log",
+    ax_zoom.set(xlabel="zoom of the input (x scale)", yscale="log",
                 xlim=(min(values) / 1.05, max(values) * 1.05) if values else None)
     ax_rot.legend(fontsize=7, loc="lower right")
     for ax in (ax_rot, ax_zoom):

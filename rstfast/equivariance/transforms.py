@@ -80,22 +80,29 @@ class Transform:
 @dataclass(frozen=True)
 class Group:
     """The group axis of a map: ``R`` rotations, ``S`` scales, ``scale_ratio`` between neighbouring
-    scales (geometric mean; 1.0 for one scale)."""
+    scales (geometric mean; 1.0 for one scale) and ``rotation_sign``: +1 when slot ``r`` holds
+    the filters turned by ``+r*360/R`` (every basis type but I1), -1 for I1, whose slots turn the
+    other way (``spec/bases.md`` §5.9)."""
     num_rotations: int
     num_scales: int
     scale_ratio: float = 1.0
+    rotation_sign: int = 1
 
     @classmethod
     def of_layer(cls, layer) -> "Group":
-        """From an rstfast layer's ``num_rotations``, ``num_scales`` and ``scales``."""
+        """From an rstfast layer's ``num_rotations``, ``num_scales``, ``scales`` and
+        ``basis_type``."""
         scales = layer.scales
         ratio = (scales[-1] / scales[0]) ** (1 / (len(scales) - 1)) if len(scales) > 1 else 1.0
-        return cls(layer.num_rotations, layer.num_scales, ratio)
+        return cls(layer.num_rotations, layer.num_scales, ratio,
+                   -1 if layer.basis_type == "I1" else 1)
 
     def slots(self, transform: Transform) -> Tuple[int, int]:
-        """``(k, m)``: the nearest slot shifts for ``transform`` — ``k = round(angle / (360/R))``
-        mod R and ``m = round(log(scale) / log(ratio))`` (halves round up; ``m = 0`` for S = 1)."""
-        k = math.floor(transform.angle / (360 / self.num_rotations) + 0.5) % self.num_rotations
+        """``(k, m)``: the nearest slot shifts for ``transform`` — ``k = rotation_sign *
+        round(angle / (360/R))`` mod R and ``m = round(log(scale) / log(ratio))`` (halves round
+        up; ``m = 0`` for S = 1)."""
+        steps = math.floor(transform.angle / (360 / self.num_rotations) + 0.5)
+        k = (self.rotation_sign * steps) % self.num_rotations
         m = 0
         if self.num_scales > 1 and self.scale_ratio != 1:
             m = math.floor(math.log(transform.scale) / math.log(self.scale_ratio) + 0.5)
@@ -103,7 +110,7 @@ class Group:
 
     def as_dict(self) -> dict:
         return {"rotations": self.num_rotations, "scales": self.num_scales,
-                "scale_ratio": self.scale_ratio}
+                "scale_ratio": self.scale_ratio, "rotation_sign": self.rotation_sign}
 
 
 def scale_slots(num_scales: int, m: int) -> range:
