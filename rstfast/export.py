@@ -131,8 +131,10 @@ def export(model: nn.Module) -> torch.fx.GraphModule:
 
     Returns a ``torch.fx.GraphModule`` (same inputs and outputs, same training mode) whose
     submodules are all ``torch`` classes; ready for ``torch.export.export``, ``torch.save`` and
-    ``torch.onnx.export``. Raises ValueError when ``model.forward`` cannot be traced by
-    ``torch.fx`` (data-dependent control flow) or calls rstfast functions directly.
+    ``torch.onnx.export``. rstfast Python code called by ``forward`` is traced into torch ops;
+    raises ValueError when ``model.forward`` cannot be traced by ``torch.fx`` (data-dependent
+    control flow) or the graph would call an rstfast op (e.g. ``torch.ops.rstfast.*`` of the
+    C++ backend).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
@@ -150,11 +152,10 @@ def export(model: nn.Module) -> torch.fx.GraphModule:
         node.type = None         # annotations that are strings (PEP 563) break pickling
     graph.recompile()
     for node in graph.graph.nodes:
-        module = getattr(node.target, "__module__", None) or ""
-        if node.op == "call_function" and module.split(".")[0] == "rstfast":
-            raise ValueError(f"model: {type(model).__name__}.forward calls "
-                             f"{module}.{node.target.__name__} directly; only rstfast layers "
-                             f"(modules) can be exported")
+        target = f"{getattr(node.target, '__module__', '')}.{getattr(node.target, '__name__', node.target)}"
+        if node.op == "call_function" and "rstfast" in target:
+            raise ValueError(f"model: {type(model).__name__}.forward calls {target}, which the "
+                             f"traced graph would keep; only rstfast layers (modules) are exported")
     left = sorted({type(m).__module__ + "." + type(m).__name__ for m in graph.modules()
                    if not type(m).__module__.startswith("torch.")})
     if left:
