@@ -56,14 +56,15 @@ DEFAULT_SHIFTS = ((4, 0), (0, -4), (2, 2), (1, -3))
 
 def default_transforms(model: nn.Module, shifts: Sequence[Tuple[int, int]] = DEFAULT_SHIFTS
                        ) -> List[Transform]:
-    """Rotations every 15 degrees and at every slot ``360/R`` in [0, 360], zooms ``ratio**(k/4)``
+    """Rotations every 15 degrees and at every slot ``360/R`` in [0, 360) (0 = the identity,
+    a sanity row), zooms ``ratio**(k/4)``
     for ``k = -6, -4, ..., 6`` (half-slot steps up to 1.5 slots; ``ratio`` of the first
     multi-scale layer, else 3**(1/3)), and ``shifts`` (input pixels; whole pixels of a map only
     where they divide by its downsampling)."""
     groups = _groups(model)
-    angles = {15.0 * i for i in range(25)}
+    angles = {15.0 * i for i in range(24)}
     for g in groups:
-        angles |= {360 / g.num_rotations * i for i in range(g.num_rotations + 1)}
+        angles |= {360 / g.num_rotations * i for i in range(g.num_rotations)}
     ratio = next((g.scale_ratio for g in groups if g.num_scales > 1), PAPER_RATIO)
     return ([Transform(angle=a) for a in sorted(angles)]
             + [Transform(scale=ratio ** (k / 4)) for k in range(-6, 7, 2) if k]
