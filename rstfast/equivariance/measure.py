@@ -132,6 +132,12 @@ class Measurement:
         raise KeyError(f"transform: {transform.label!r} was not measured; measured: "
                        f"{[r['label'] for r in self.results]}")
 
+    @classmethod
+    def from_dict(cls, data: dict) -> "Measurement":
+        """Inverse of :meth:`as_dict` (e.g. to re-plot a saved JSON)."""
+        return cls(data["model"], tuple(data["input_shape"]), data["dtype"], data["region"],
+                   data["mode"], data["layers"], data["results"])
+
     def as_dict(self) -> dict:
         return {"model": self.model, "input_shape": list(self.input_shape), "dtype": self.dtype,
                 "region": self.region, "mode": self.mode, "definition": __doc__.split("\n\n")[1],

@@ -12,6 +12,7 @@ __all__ = ["format_table", "summary", "format_bases_table", "format_stability_ta
            "write_json", "plot_sweeps"]
 
 FLOOR = 1e-17          # exact zeros are drawn here on the log axis
+CEILING = 10.0         # larger errors (degenerate bases) are drawn here
 
 
 def _fmt(value: Optional[float]) -> str:
@@ -77,12 +78,12 @@ def format_bases_table(results: Dict[str, Measurement], layer: str) -> str:
     off the rotation slots."""
     header = ["basis", "R", "rot 90", "rot 45", "rot off-slot", "zoom x r", "zoom x 1/r",
               "zoom off-grid"]
-    rows = []
-    for basis, m in results.items():
-        group = next(l["group"] for l in m.layers if l["name"] == layer)
-        s = summary(m, layer)
-        rows.append([basis, group["rotations"]] + [_fmt(s[k]) for k in
-                    ("rot90", "rot45", "rot_off_slot_mean", "zoom_up", "zoom_down", "zoom_off_grid_mean")])
+    keys = ("rot90", "rot45", "rot_off_slot_mean", "zoom_up", "zoom_down", "zoom_off_grid_mean")
+    summaries = {basis: summary(m, layer) for basis, m in results.items()}
+    order = sorted(results, key=lambda b: (summaries[b]["rot_off_slot_mean"] is None,
+                                           summaries[b]["rot_off_slot_mean"] or 0.0))
+    rows = [[basis, next(l["group"] for l in results[basis].layers if l["name"] == layer)["rotations"]]
+            + [_fmt(summaries[basis][k]) for k in keys] for basis in order]
     return _grid(header, rows)
 
 
@@ -117,19 +118,22 @@ def _finite(obj):
 def plot_sweeps(curves: Sequence[Tuple[str, Measurement, str]], path, title: str = "") -> Path:
     """PNG with error vs rotation angle (left) and vs zoom factor (right, log axis), one line per
     ``(label, measurement, layer)``; dotted lines mark the rotation slots and the scale grid of
-    the first curve; exact zeros are drawn at 1e-17."""
+    the first curve; exact zeros are drawn at 1e-17, errors above 10 at 10."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, (ax_rot, ax_zoom) = plt.subplots(1, 2, figsize=(12, 4.5))
     ax_zoom.set_xscale("log")
-    for label, m, layer in curves:
+    colours = plt.get_cmap("tab20").colors
+    for index, (label, m, layer) in enumerate(curves):
+        style = dict(color=colours[(2 * index) % 20 + (2 * index) // 20 % 2], marker=".",
+                     linestyle=("-", "--", ":")[index // 10 % 3], label=label)
         for ax, kind in ((ax_rot, "rotation"), (ax_zoom, "scale")):
             values, errors = m.sweep(kind, layer)
             order = sorted(range(len(values)), key=values.__getitem__)
-            ax.plot([values[i] for i in order], [max(errors[i], FLOOR) for i in order], marker=".",
-                    label=label)
+            ax.plot([values[i] for i in order],
+                    [min(max(errors[i], FLOOR), CEILING) for i in order], **style)
     group = next((l["group"] for l in curves[0][1].layers if l["group"]), None) if curves else None
     if group:
         for i in range(group["rotations"] + 1):
