@@ -1,0 +1,20 @@
+"""Equivariance as a tool: how far are rstfast layers and models from roto-scale-translation
+equivariance, and how stable are a trained model's predictions?
+
+* :func:`measure` — per-layer error ``||f(Tx) - T'f(x)||_M / ||T'f(x)||_M`` for rotations, zooms
+  and translations (definitions in :mod:`.measure` and :mod:`.transforms`);
+* :func:`prediction_stability` — fraction of test images whose predicted class survives a
+  rotation or rescaling;
+* :func:`compare_bases` — the error sweep for every basis type at one layer configuration;
+* ``python -m rstfast.equivariance`` — the same from the command line (table, JSON, PNG).
+"""
+from .measure import (BASIS_TYPES, NO_ROTATION_BASES, STABILITY_TRANSFORMS, Measurement,
+                      basis_test_net, compare_bases, default_transforms, input_shape_of,
+                      load_model, load_state_dict, measure, prediction_stability, probed_layers,
+                      smooth_inputs)
+from .transforms import Group, Transform, relative_error, transform_map, valid_region
+
+__all__ = ["BASIS_TYPES", "NO_ROTATION_BASES", "STABILITY_TRANSFORMS", "Group", "Measurement",
+           "Transform", "basis_test_net", "compare_bases", "default_transforms", "input_shape_of",
+           "load_model", "load_state_dict", "measure", "prediction_stability", "probed_layers",
+           "relative_error", "smooth_inputs", "transform_map", "valid_region"]
