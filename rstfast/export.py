@@ -56,30 +56,24 @@ def _lifting(layer: LiftingConv) -> nn.Sequential:
     return nn.Sequential(OrderedDict(conv=conv, unflatten=nn.Unflatten(1, (out_ch, t))))
 
 
-def _gather_weight(num_rotations: int, num_scales: int, rotation_size: int, scale_size: int,
-                   in_channels: int, like: torch.Tensor) -> torch.Tensor:
+def _gather_weight(geo, like: torch.Tensor) -> torch.Tensor:
     """0/1 weight ``[C*T*A, T, 1, 1]`` of the gather: row ``(c, t, a)`` picks input slice
-    ``((r + i) mod R)*S + (s + j)`` (all zero where ``s + j >= S``)."""
-    t_size, a_size = num_rotations * num_scales, rotation_size * scale_size
+    ``geo.read_table[t][a]`` (the index map; all zero where it is -1)."""
+    t_size, a_size = geo.group_size, geo.num_offsets
     pick = torch.zeros(t_size, a_size, t_size, dtype=like.dtype, device=like.device)
-    for r in range(num_rotations):
-        for s in range(num_scales):
-            for i in range(rotation_size):
-                for j in range(scale_size):
-                    if s + j < num_scales:
-                        source = ((r + i) % num_rotations) * num_scales + s + j
-                        pick[r * num_scales + s, i * scale_size + j, source] = 1
-    return pick.reshape(1, t_size * a_size, t_size).expand(in_channels, -1, -1).reshape(
-        in_channels * t_size * a_size, t_size, 1, 1)
+    for t, row in enumerate(geo.read_table):
+        for a, source in enumerate(row):
+            if source >= 0:
+                pick[t, a, source] = 1
+    return pick.reshape(1, t_size * a_size, t_size).expand(geo.in_channels, -1, -1).reshape(
+        geo.in_channels * t_size * a_size, t_size, 1, 1)
 
 
 def _group(layer: GroupConv) -> nn.Sequential:
     out_ch, in_ch, a_size, _ = layer.weight.shape
     t, k = layer.group_size, layer.kernel_size
     gather = nn.Conv2d(in_ch * t, in_ch * t * a_size, 1, groups=in_ch, bias=False)
-    gather.weight = _parameter(_gather_weight(layer.num_rotations, layer.num_scales,
-                                              layer.rotation_size, layer.scale_size, in_ch,
-                                              layer.weight))
+    gather.weight = _parameter(_gather_weight(layer.geometry, layer.weight))
     conv = nn.Conv2d(t * a_size * in_ch, t * out_ch, k, stride=layer.stride,
                      padding=layer.padding, groups=t, bias=layer.bias is not None)
     kernel = expand_filter(layer.weight, layer.basis)            # [O, C, A, T, K, K]

@@ -135,7 +135,7 @@ def test_model_output_row_reports_invariance_and_agreement():
 
 
 def test_cli_on_a_zoo_model_writes_table_json_png(tmp_path, capsys):
-    code = main(["mnist_ses_scalar_28_rot_4", "--backend", "reference", "--input-size", "16",
+    code = main(["mnist_ses_scalar_28_rot_4", "--backend", "reference", "--input-size", "28",
                  "--batch-size", "1", "--angles", "90", "30", "--zooms", "1.44",
                  "--shifts", "4,0", "--out", str(tmp_path)])
     assert code == 0

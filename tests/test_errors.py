@@ -6,7 +6,7 @@ import torch
 
 import rstfast
 import rstfast.nn as rnn
-from rstfast import backends
+from rstfast import backends, models
 
 ROT4 = [x * 2 * math.pi / 4 for x in range(4)]
 SCALES = [2.0, 2.5, 3.2, 4.0]   # K = 11 gives supports 5, 7, 9, 11 (E needs >= 5)
@@ -126,3 +126,34 @@ def test_auto_cpu_order_override(monkeypatch):
     with pytest.raises(ValueError, match=r"RSTFAST_AUTO_CPU.*unknown \['fast'\]"):
         backends.resolve("auto", torch.device("cpu"))
     backends.clear_cache()
+
+
+def test_effective_size_larger_than_kernel():
+    with pytest.raises(ValueError, match=r"effective_size: expected at most kernel_size = 5"):
+        rnn.LiftingConv(1, 2, kernel_size=5, effective_size=7, scales=[1.0], basis_type="A")
+
+
+@pytest.mark.parametrize("name,size,expected", [("mnist_ses_scalar_28_rot_8", 56, 28),
+                                                ("mnist_cnn_56", 56, 28),
+                                                ("mnist_ses_vector_28_rot_4_interrot_2", 14, 28)])
+def test_model_input_size_is_named(name, size, expected):
+    """A _28 model fed 56x56 images (or a _56 model fed its upsampled size) says what it takes."""
+    model = models.get(name, backend="reference").eval()
+    with pytest.raises(ValueError, match=rf"x: expected images \[B, C, {expected}, {expected}\]"):
+        model(torch.randn(2, 1, size, size))
+
+
+def test_cpp_rejects_16_bit_and_names_the_backends_that_take_it():
+    """Explicit backend="cpp" with a bfloat16 input: a TypeError naming the reference; "auto"
+    falls back to it with a warning (test_backend_contract covers every backend)."""
+    layer = lift(backend="cpp").to(torch.bfloat16)
+    x = torch.randn(1, 3, 9, 9, dtype=torch.bfloat16)
+    if backends.available_backends("cpu")["cpp"] is not None:
+        pytest.skip("the C++ extension is unavailable")
+    with pytest.raises(TypeError, match=r"backend 'cpp' computes float32, float64 on cpu, got "
+                                        r"bfloat16; backends that take it there: reference"):
+        layer(x)
+    layer.backend = "auto"
+    backends.clear_cache()
+    with pytest.warns(RuntimeWarning, match=r"'auto' on cpu falls back to 'reference'"):
+        assert layer(x).dtype == torch.bfloat16

@@ -186,9 +186,10 @@ def run(args) -> None:
         print(report.format_table(result))
         print("wrote", report.write_json(result.as_dict(), out / f"equivariance_{name}.json"))
         curves = [(n, result, n) for n in result.names()]
+        bases = sorted({m.basis_type for m in model.modules() if hasattr(m, "basis_type")})
         print("wrote", report.plot_sweeps(curves, out / f"equivariance_{name}.png",
-                                          f"{name} (basis {args.basis or 'default'}): per-layer "
-                                          f"equivariance error"))
+                                          f"{name} (basis {', '.join(bases) or 'none'}): "
+                                          f"per-layer equivariance error"))
 
 
 def main(argv=None) -> int:

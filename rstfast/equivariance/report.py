@@ -124,7 +124,10 @@ def plot_sweeps(curves: Sequence[Tuple[str, Measurement, str]], path, title: str
     import matplotlib.pyplot as plt
 
     fig, (ax_rot, ax_zoom) = plt.subplots(1, 2, figsize=(12, 4.5))
-    ax_zoom.set_xscale("log")
+    measured = {kind: [v for _, m, layer in curves for v in m.sweep(kind, layer)[0]]
+                for kind in ("rotation", "scale")}
+    if measured["scale"]:
+        ax_zoom.set_xscale("log")
     colours = plt.get_cmap("tab20").colors
     for index, (label, m, layer) in enumerate(curves):
         style = dict(color=colours[(2 * index) % 20 + (2 * index) // 20 % 2], marker=".",
@@ -144,15 +147,19 @@ def plot_sweeps(curves: Sequence[Tuple[str, Measurement, str]], path, title: str
                 ax_zoom.axvline(q, color="0.8", linestyle=":", zorder=0)
             ax_zoom.set_xticks(grid, [f"{q:.2f}" for q in grid])
             ax_zoom.minorticks_off()
-    ax_rot.set(xlabel="rotation of the input (degrees, counter-clockwise)", yscale="log",
+    ax_rot.set(xlabel="rotation of the input (degrees, counter-clockwise)",
                ylabel="relative L2 error ||f(Tx) - T'f(x)|| / ||T'f(x)||", xlim=(0, 360))
     ax_rot.set_xticks(range(0, 361, 45))
-    values = [v for _, m, layer in curves for v in m.sweep("scale", layer)[0]]
-    ax_zoom.set(xlabel="zoom of the input (x scale)", yscale="log",
-                xlim=(min(values) / 1.05, max(values) * 1.05) if values else None)
-    ax_rot.legend(fontsize=7, loc="lower right")
-    for ax in (ax_rot, ax_zoom):
+    ax_zoom.set(xlabel="zoom of the input (x scale)")
+    for ax, kind in ((ax_rot, "rotation"), (ax_zoom, "scale")):
+        if not measured[kind]:                       # nothing of this kind was measured
+            ax.text(0.5, 0.5, f"no {kind}s measured", ha="center", transform=ax.transAxes)
+            continue
+        ax.set_yscale("log")
         ax.grid(True, which="major", alpha=0.3)
+    if measured["scale"]:
+        ax_zoom.set_xlim(min(measured["scale"]) / 1.05, max(measured["scale"]) * 1.05)
+    ax_rot.legend(fontsize=7, loc="lower right")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     path = Path(path)

@@ -12,8 +12,8 @@ from typing import Callable, Dict, Sequence
 
 import torch.nn as nn
 
-__all__ = ["CHANNELS", "DROPOUT", "POOL_SIZE", "classifier_head", "conv_blocks", "for_input_size",
-           "input_size_factories"]
+__all__ = ["CHANNELS", "DROPOUT", "POOL_SIZE", "InputSizeCheck", "classifier_head", "conv_blocks",
+           "for_input_size", "input_size_factories"]
 
 CHANNELS = (32, 63, 95)
 DROPOUT = 0.7
@@ -45,11 +45,29 @@ def conv_blocks(convs: Sequence[nn.Module], norm_features: Sequence[int],
     return nn.Sequential(*layers)
 
 
+class InputSizeCheck:
+    """Forward pre-hook: the model takes ``[B, C, size, size]`` images (a ``ValueError`` naming the
+    expected size instead of a shape error deep inside)."""
+
+    def __init__(self, size: int, note: str = ""):
+        self.size, self.note = size, note
+
+    def __call__(self, module: nn.Module, inputs) -> None:
+        x = inputs[0]
+        if x.dim() != 4 or tuple(x.shape[-2:]) != (self.size, self.size):
+            raise ValueError(f"x: expected images [B, C, {self.size}, {self.size}] (this model "
+                             f"takes {self.size}x{self.size} inputs{self.note}), got shape "
+                             f"{tuple(x.shape)}")
+
+
 def for_input_size(model: nn.Module, input_size: int) -> nn.Module:
-    """``_56`` models: ``Sequential(Upsample(scale_factor=2), model)`` (state-dict keys ``1.*``);
-    ``_28`` and ``_96`` models: the bare model."""
+    """``_56`` models: ``Sequential(Upsample(scale_factor=2), model)`` (state-dict keys ``1.*``),
+    fed 28x28 digits; ``_28`` and ``_96`` models: the bare model. Either checks its input size."""
     if input_size == 56:
-        return nn.Sequential(nn.Upsample(scale_factor=2), model)
+        model = nn.Sequential(nn.Upsample(scale_factor=2), model)
+        model.register_forward_pre_hook(InputSizeCheck(28, ", upsampled to 56x56 inside"))
+    else:
+        model.register_forward_pre_hook(InputSizeCheck(input_size))
     return model
 
 
