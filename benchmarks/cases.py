@@ -93,12 +93,12 @@ def backend_names() -> Tuple[str, ...]:
     return tuple(name for name in backends.names() if name != "auto")
 
 
-def backend_or_reason(backend: str, device: str) -> Optional[str]:
+def backend_or_reason(backend: str, device: str, allow_interpreter: bool = False) -> Optional[str]:
     """None when ``backend`` can be timed on ``device`` (no fallback), else why not; triton on
-    CPU is refused (its interpreter is not a performance path)."""
+    CPU is refused unless ``allow_interpreter`` (its interpreter is not a performance path)."""
     if device.startswith("cuda") and not torch.cuda.is_available():
         return "CUDA is not available"
-    if backend == "triton" and device == "cpu":
+    if backend == "triton" and device == "cpu" and not allow_interpreter:
         return "triton on CPU runs in the interpreter, which is not a performance path"
     from rstfast import backends
     if backend not in backend_names():
