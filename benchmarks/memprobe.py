@@ -44,12 +44,12 @@ def probe(spec: dict) -> Optional[int]:
     return memory.stop()
 
 
-def probe_in_subprocess(spec: dict, timeout: float = 1800) -> Optional[int]:
+def probe_in_subprocess(spec: dict) -> Optional[int]:
     """:func:`probe` in a fresh ``python -m benchmarks.memprobe`` (same interpreter, repo root)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     done = subprocess.run([sys.executable, "-m", "benchmarks.memprobe", json.dumps(spec)],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+                          cwd=REPO, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"memory probe failed for {spec}:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])["peak_memory_bytes"]
