@@ -13,8 +13,9 @@ Two kinds of backend:
   ``expand_filter(weight, basis)``, ``lift_conv_dense(x, kernel, bias, stride, padding)`` and
   ``group_conv_dense(x, kernel, bias, num_rotations, rotation_size, scale_size, stride, padding)``.
 
-``"auto"`` picks the first backend of :data:`AUTO_ORDER` that runs on the device and computes the
-input's dtype. An explicitly requested backend that cannot run (not installed, failed to build,
+````"auto"`` picks, per layer shape, the fastest of the backends of :data:`AUTO_ORDER` that run on
+the device and compute the input's dtype (:mod:`rstfast.autotune`; :func:`resolve` gives the first
+of them). An explicitly requested backend that cannot run (not installed, failed to build,
 wrong device) falls back along its ``fallback`` chain with one warning per (backend, device,
 reason), never silently; one that runs but does not take the dtype raises a ``TypeError`` naming
 the backends that would.
@@ -30,8 +31,8 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-__all__ = ["Backend", "Choice", "names", "get", "register", "resolve", "available_backends",
-           "dtypes", "kernels", "used", "AUTO_ORDER", "clear_cache"]
+__all__ = ["Backend", "Choice", "names", "get", "register", "resolve", "auto_order",
+           "available_backends", "dtypes", "kernels", "used", "AUTO_ORDER", "clear_cache"]
 
 KINDS = ("kernels", "functional")
 _CONTRACT = {"kernels": ("unavailable_reason", "DTYPES", "conv_forward", "conv_backward"),
@@ -148,7 +149,10 @@ def _warn_once(message: str) -> None:
         warnings.warn(message, RuntimeWarning, stacklevel=4)
 
 
-def _auto_order(device: torch.device) -> Tuple[str, ...]:
+def auto_order(device) -> Tuple[str, ...]:
+    """The backends ``auto`` considers on ``device``, in order (``RSTFAST_AUTO_CPU`` overrides
+    the CPU order)."""
+    device = torch.device(device)
     if device.type == "cpu" and os.environ.get("RSTFAST_AUTO_CPU"):
         order = tuple(name.strip() for name in os.environ["RSTFAST_AUTO_CPU"].split(","))
         unknown = [name for name in order if name not in _BACKENDS]
@@ -202,18 +206,24 @@ def _dtype_names(dtypes) -> str:
 
 
 def resolve(backend: str, device, dtype: torch.dtype = torch.float32,
-            autocast: bool = False) -> Choice:
+            autocast: bool = False, fallback: bool = True) -> Choice:
     """What runs ``backend`` on ``device`` for an input of ``dtype`` (``autocast``: the autocast
-    dtype, with autocast on). Cached per arguments."""
+    dtype, with autocast on): the first of its chain (``auto``: :func:`auto_order`; else the
+    backend, then its fallbacks unless ``fallback`` is False) that runs there and takes the dtype.
+    Cached per arguments."""
     device = torch.device(device)
-    key = (backend, str(device), dtype, autocast)
+    key = (backend, str(device), dtype, autocast, fallback)
     if key not in _resolved:
-        _resolved[key] = _resolve(check_backend_name(backend), device, dtype, autocast)
+        _resolved[key] = _resolve(check_backend_name(backend), device, dtype, autocast, fallback)
     return _resolved[key]
 
 
-def _resolve(backend: str, device: torch.device, dtype: torch.dtype, autocast: bool) -> Choice:
-    chain = _auto_order(device) if backend == "auto" else (backend,) + _BACKENDS[backend].fallback
+def _resolve(backend: str, device: torch.device, dtype: torch.dtype, autocast: bool,
+             fallback: bool) -> Choice:
+    if backend == "auto":
+        chain = auto_order(device)
+    else:
+        chain = (backend,) + (_BACKENDS[backend].fallback if fallback else ())
     failures, refusals = [], []
     for name in chain:
         module, reason = _load(name, device)

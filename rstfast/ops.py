@@ -182,7 +182,7 @@ def roto_scale_conv(x: Tensor, weight: Tensor, basis: Tensor, bias: Optional[Ten
     x ``[B, C, H, W]`` (lifting) or ``[B, C, T, H, W]``, weight ``geo.weight_shape()``, basis
     ``[F, T, K, K]``, bias ``[O]`` or None -> ``[B, O, T, H', W']``.
     """
-    return run(select(x, backend), x, weight, basis, bias, geo)
+    return run(select(x, backend, weight, basis, bias, geo), x, weight, basis, bias, geo)
 
 
 def run(choice: backends.Choice, x: Tensor, weight: Tensor, basis: Tensor,
@@ -203,8 +203,13 @@ def run(choice: backends.Choice, x: Tensor, weight: Tensor, basis: Tensor,
     return y if autocast_dtype is None else y.to(autocast_dtype)
 
 
-def select(x: Tensor, backend: str) -> backends.Choice:
-    """The backend :func:`roto_scale_conv` runs ``backend`` with for the input ``x``."""
+def select(x: Tensor, backend: str, weight: Tensor, basis: Tensor, bias: Optional[Tensor],
+           geo: Geometry) -> backends.Choice:
+    """The backend :func:`roto_scale_conv` runs ``backend`` with for this call (``auto``: the
+    fastest for its shapes, :func:`rstfast.autotune.choose`)."""
+    if backend == "auto":
+        from . import autotune
+        return autotune.choose(x, weight, basis, bias, geo)
     autocast_dtype = _autocast_dtype(x)
     return backends.resolve(backend, x.device, autocast_dtype or x.dtype,
                             autocast_dtype is not None)

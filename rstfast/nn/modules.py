@@ -128,7 +128,7 @@ class _RotoScaleConv(nn.Module):
         geo = self.geometry
         geo.check_input(x)
         _checks.like_layer(x, name="x", like=self.weight)
-        choice = ops.select(x, self.backend)
+        choice = ops.select(x, self.backend, self.weight, self.basis, self.bias, geo)
         self.last_backend = choice.name
         return ops.run(choice, x, self.weight, self.basis, self.bias, geo,
                        filters=self._cached_filters(x, choice, geo))
