@@ -17,8 +17,9 @@ throughput per (device type, algorithm), :data:`THROUGHPUT`, measured on the mac
   and the transforms of x and y, ``bins = N (N/2 + 1)`` at the backend's transform size ``N``;
 * ``dense`` (``reference``, functional backends): every tap, ``2 B O C H'W' T A K^2``;
 
-and a backward pass costs twice the forward. Under ``torch.compile`` a cached decision is reused,
-else the cost model decides (nothing is timed while tracing).
+and a backward pass costs twice the forward. Under ``torch.compile`` the latest decision for the
+layer's geometry is reused (any input shape: shapes may be symbolic), else the first backend of
+the order runs (nothing is timed while tracing).
 """
 from __future__ import annotations
 
@@ -170,24 +171,28 @@ def choose(x: torch.Tensor, weight, basis, bias, geo: Geometry) -> backends.Choi
     dtype = autocast_dtype or x.dtype
     backward = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, weight, bias))
-    key = (geo.encoded, tuple(x.shape), dtype, str(x.device), autocast_dtype is not None,
-           backward)
     if torch.compiler.is_compiling():
-        name = _traced_choice(key)
+        name = _traced_choice(geo.key, str(dtype), str(x.device), autocast_dtype is not None,
+                              backward)
     else:
+        key = (geo.encoded, tuple(x.shape), dtype, str(x.device), autocast_dtype is not None,
+               backward)
         name = _decide(key, x, weight, basis, bias, geo).chosen
     return backends.resolve(name, x.device, dtype, autocast_dtype is not None, fallback=False)
 
 
 @torch.compiler.assume_constant_result
-def _traced_choice(key: tuple) -> str:
-    """While tracing: the cached decision, else the cost model's (nothing is timed)."""
-    decision = _decisions.get(key)
-    if decision is not None:
-        return decision.chosen
-    geo_code, shape, dtype, device, autocast, backward = key
-    from .geometry import decode
-    return _decide(key, None, None, None, None, decode(geo_code), measure=False).chosen
+def _traced_choice(geo_key: str, dtype_name: str, device: str, autocast: bool,
+                   backward: bool) -> str:
+    """While tracing (nothing is timed; shapes may be symbolic): the latest decision for this
+    geometry, dtype, device and mode at any input shape, else the first backend of the order."""
+    dtype = getattr(torch, dtype_name.replace("torch.", ""))
+    for decision in reversed(list(_decisions.values())):
+        code, _, *rest = decision.key
+        if ",".join(map(str, code)) == geo_key and tuple(rest) == (dtype, device, autocast,
+                                                                  backward):
+            return decision.chosen
+    return backends.resolve("auto", device, dtype, autocast).name
 
 
 def _decide(key: tuple, x, weight, basis, bias, geo: Geometry,
@@ -197,9 +202,10 @@ def _decide(key: tuple, x, weight, basis, bias, geo: Geometry,
         return decision
     _, shape, dtype, device, autocast, backward = key
     device = torch.device(device)
+    # The first of the order that runs: raises the clear error if none does, warns once when
+    # backends of the order were passed over.
+    backends.resolve("auto", device, dtype, autocast)
     candidates = _candidates(device, dtype, autocast)
-    if not candidates:                            # resolve's chain raises the clear error
-        backends.resolve("auto", device, dtype, autocast)
     estimates = {name: estimate_seconds(name, geo, shape, device, backward)
                  for name in candidates}
     best_guess = min(estimates.values())

@@ -203,6 +203,11 @@ class Geometry:
         """The ``int[]`` form passed to the ``torch.library`` ops."""
         return list(self.encoded)
 
+    @functools.cached_property
+    def key(self) -> str:
+        """The encoding as one string (a constant for ``torch.compile``)."""
+        return ",".join(map(str, self.encoded))
+
 
 @functools.lru_cache(maxsize=256)
 def _decode(encoded: Tuple[int, ...]) -> Geometry:

@@ -96,6 +96,7 @@ class _RotoScaleConv(nn.Module):
                 rotation_size=self.rotation_size, scale_size=self.scale_size)
             geo = build(self.in_channels, self.out_channels, self.basis, self.num_rotations,
                         stride=self.stride, padding=self.padding, **sizes)
+            geo.key, geo.encode()                   # cached now: torch.compile only reads them
             self._geometry_stamp = (stamp, geo)
         return self._geometry_stamp[1]
 

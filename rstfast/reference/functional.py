@@ -63,13 +63,14 @@ def lift_conv_dense(x: torch.Tensor, kernel: torch.Tensor, bias: Optional[torch.
     return y
 
 
-def _neighbourhood(x: torch.Tensor, num_rotations: int, rotation_size: int,
+def _neighbourhood(x: torch.Tensor, num_rotations: int, num_scales: int, rotation_size: int,
                    scale_size: int) -> torch.Tensor:
     """``[B, C, R*S, H, W] -> [B, C, Lr*Ls, R*S, H, W]``: slot ``a`` at output ``t`` holds input
     slice :func:`rstfast.geometry.index_map` ``[t][a]``, zero where that is -1 (past the top
     scale)."""
-    b, c, t, h, w = x.shape
-    table = torch.tensor(index_map(num_rotations, t // num_rotations, rotation_size, scale_size),
+    b, c, _, h, w = x.shape
+    t = num_rotations * num_scales
+    table = torch.tensor(index_map(num_rotations, num_scales, rotation_size, scale_size),
                          device=x.device)                       # [T, A]
     padded = torch.cat([x, x.new_zeros(b, c, 1, h, w)], dim=2)  # slice T is the zero slice
     slab = padded[:, :, torch.where(table < 0, t, table).t().flatten()]
@@ -98,7 +99,8 @@ def group_conv_dense(x: torch.Tensor, kernel: torch.Tensor, bias: Optional[torch
     b, _, _, h, w = x.shape
     kernel = kernel.permute(3, 0, 1, 2, 4, 5).reshape(
         num_groups * out_channels, in_channels * num_offsets, k, k)
-    slab = _neighbourhood(x, num_rotations, rotation_size, scale_size)  # [B, C, A, T, H, W]
+    slab = _neighbourhood(x, num_rotations, num_groups // num_rotations, rotation_size,
+                          scale_size)                           # [B, C, A, T, H, W]
     slab = slab.permute(0, 3, 1, 2, 4, 5).reshape(b, num_groups * in_channels * num_offsets, h, w)
     # A group per slice t. On CPU one call per output rotation (its S slices): with all T groups
     # in one call, oneDNN's weight gradient drops to its naive implementation for the paper's
