@@ -71,6 +71,34 @@ def plot_curves(metrics_paths, out_png) -> Path:
     return Path(out_png)
 
 
+def plot_grid(rows: List[dict], datasets: List[str], out_png, titles: dict) -> Path:
+    """Grouped bars of :func:`rstfast.reproduce.summarize` rows: mean test accuracy per model ×
+    basis (groups) and dataset (bars), error bar ± std, one dot per run."""
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(rows) + 2), 4.5))
+    width = 0.8 / max(1, len(datasets))
+    for d, dataset in enumerate(datasets):
+        xs, means, stds = [], [], []
+        for i, row in enumerate(rows):
+            cell = row["cells"].get(dataset)
+            if cell is None:
+                continue
+            x = i - 0.4 + width * (d + 0.5)
+            xs.append(x)
+            means.append(cell["mean"])
+            stds.append(cell["std"])
+            ax.plot([x] * len(cell["accs"]), cell["accs"], "k.", ms=4)
+        ax.bar(xs, means, width, yerr=stds, capsize=3, alpha=0.6, label=titles.get(dataset, dataset))
+    labels = [f"{row['label']}\n{row['arch']}" + (f" [{row['basis']}]" if row["basis"] else "")
+              for row in rows]
+    ax.set_xticks(range(len(rows)), labels, rotation=30, ha="right", fontsize=7)
+    ax.set_ylabel("test accuracy (%)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=120)
+    plt.close(fig)
+    return Path(out_png)
+
+
 def plot_run(results_path, metrics_path) -> List[Path]:
     """The two plots after a training run: ``<results>.png`` and ``<metrics stem>.png``."""
     metrics_path = Path(metrics_path)
