@@ -242,6 +242,17 @@ def markdown_table(rows: List[dict], datasets: List[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def side_by_side(rows: List[dict], datasets: List[str]) -> List[str]:
+    """One line per dataset: every model's mean test accuracy and seconds per epoch."""
+    lines = []
+    for dataset in datasets:
+        cells = [f"{row['label']}{' [' + row['basis'] + ']' if row['basis'] else ''} "
+                 f"{row['cells'][dataset]['mean']:.2f}% ({row['cells'][dataset]['seconds']:.1f} s/epoch)"
+                 for row in rows if dataset in row["cells"]]
+        lines.append(f"{DATASET_TITLES.get(dataset, dataset)} test accuracy: " + " | ".join(cells))
+    return lines
+
+
 def report(results_path: Path, out: Path, log=print) -> Tuple[Path, Path]:
     """Write ``table.md`` and ``accuracy.png`` into ``out`` from ``results_path``; print the table."""
     results = load_results(results_path)
@@ -255,6 +266,8 @@ def report(results_path: Path, out: Path, log=print) -> Tuple[Path, Path]:
     table.write_text(f"Results of {results_path} ({len(results)} runs)\n\n" + markdown_table(rows, datasets))
     png = plot_grid(rows, datasets, out / "accuracy.png", DATASET_TITLES)
     log(markdown_table(rows, datasets))
+    for line in side_by_side(rows, datasets):
+        log(line)
     log(f"wrote {table} and {png}")
     return table, png
 

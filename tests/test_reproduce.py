@@ -72,7 +72,10 @@ def test_table_and_plot_from_a_given_results_file(tmp_path, capsys):
                     "| RST-CNN | ses_scalar_56_rot_8 | E | 494,549 | 85.00 ± 7.07 (n=2) | 5.0 | 70.00 (n=1) | 5.0 |",
                     "| my_net | my_net | – | 494,549 | 10.00 (n=1) | 5.0 | – | – |"]
     assert (tmp_path / "given" / "accuracy.png").stat().st_size > 1000
-    assert rows[1] in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert rows[1] in out
+    assert ("RS-MNIST test accuracy: CNN 50.00% (5.0 s/epoch) | RST-CNN [E] 85.00% (5.0 s/epoch) | "
+            "my_net 10.00% (5.0 s/epoch)") in out
     assert reproduce.main(["--table-only", str(tmp_path / "missing.yml")]) == 2
     assert capsys.readouterr().err.count("\n") == 1
 

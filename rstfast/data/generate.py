@@ -188,7 +188,7 @@ def verify(folder) -> Optional[str]:
     return None
 
 
-def _validate_request(dataset, sizes, min_rot, max_rot, min_scale, max_scale) -> None:
+def _validate_request(sizes, min_rot, max_rot, min_scale, max_scale) -> None:
     for name, n in zip(("train", "val", "test"), sizes):
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
             raise UsageError(f"{name} size: expected an int >= 1, got {n!r}")
@@ -222,9 +222,10 @@ def prepare(dataset: str = "mnist", dest=".", data_root="./datasets", seed: int 
     val, test), an entry None keeps the dataset's default (mnist 10000/2000/50000, fmnist
     2000/2000/50000, mnist-5k 3000/500/1500); ``origin`` picks the source's origin (see
     :mod:`rstfast.data.sources`). A folder that holds anything else than this exact dataset, intact,
-    raises :class:`DatasetFolderError` unless ``force`` (then it is replaced, atomically)."""
+    raises :class:`DatasetFolderError` unless ``force``. A new dataset is written into a staging folder
+    beside it and renamed into place, so an interrupted run leaves no half dataset."""
     sizes = resolve_sizes(dataset, sizes)
-    _validate_request(dataset, sizes, min_rot, max_rot, min_scale, max_scale)
+    _validate_request(sizes, min_rot, max_rot, min_scale, max_scale)
     folder = dataset_dir(dest, dataset, seed, min_scale, max_scale, sizes, min_rot, max_rot)
     recipe = _recipe(dataset, seed, sizes, min_rot, max_rot, min_scale, max_scale)
     problem = _existing(folder, recipe)
@@ -252,19 +253,22 @@ def prepare(dataset: str = "mnist", dest=".", data_root="./datasets", seed: int 
     staging = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    digests = {}
-    for split, (x, y) in splits.items():
-        data = npz_bytes(x, y)
-        (staging / f"{split}.npz").write_bytes(data)
-        digests[f"{split}.npz"] = hashlib.sha256(data).hexdigest()
-    if png:
-        export_png(splits, staging)
-    manifest = dict(recipe, class_counts={s: np.bincount(y, minlength=10).tolist()
-                                          for s, (_, y) in splits.items()},
-                    origin={"name": pool.origin, "location": pool.location, "version": pool.version},
-                    sha256=digests)
-    (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    _replace(staging, folder)
+    try:
+        digests = {}
+        for split, (x, y) in splits.items():
+            data = npz_bytes(x, y)
+            (staging / f"{split}.npz").write_bytes(data)
+            digests[f"{split}.npz"] = hashlib.sha256(data).hexdigest()
+        if png:
+            export_png(splits, staging)
+        manifest = dict(recipe, class_counts={s: np.bincount(y, minlength=10).tolist()
+                                              for s, (_, y) in splits.items()},
+                        origin={"name": pool.origin, "location": pool.location, "version": pool.version},
+                        sha256=digests)
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        _replace(staging, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     log(f"rstfast.data: wrote {folder} (train/val/test = {'/'.join(str(n) for n in sizes)}; "
         f"source {DATASETS[dataset].source} from {pool.origin}: {pool.location})")
     return folder
