@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from .data import dataset_dir, locate
+from .data.generate import DEFAULT_SCALE
 from .data.cli import Parser, UsageError, guarded
 from .train import DATASETS, duration
 
@@ -137,7 +138,7 @@ def plan(preset: Preset, tag: str, out: Path, data_root: str, backend: str, log=
                     argv += ["--basis", entry.basis]
                 digest = hashlib.sha256(json.dumps(argv).encode()).hexdigest()[:10]
                 save = out / "models" / f"{model}_{entry.basis or 'nobasis'}_seed{seed}_{digest}.pt"
-                folder = dataset_dir(data_root, DATASETS[dataset], seed, 0.3, 1.0, sizes)
+                folder = dataset_dir(data_root, DATASETS[dataset], seed, *DEFAULT_SCALE, sizes)
                 runs.append(Run(entry, dataset, seed, model, tuple(argv), str(folder), str(save)))
     return runs
 
@@ -296,7 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output folder (default ./runs/reproduce-<preset>)")
     p.add_argument("--results", default=None, help="results file (default <out>/results.yml)")
     p.add_argument("--tag", default=None, help="results.yml tag of the runs (default reproduce-<preset>)")
-    p.add_argument("--list", action="store_true", help="print the runs and whether they are done; train nothing")
+    p.add_argument("--list", action="store_true",
+                   help="print the runs and whether they are done; train nothing")
     p.add_argument("--table-only", dest="table_only", metavar="RESULTS", default=None,
                    help="only make the table and plot from this results.yml (into --out, default "
                         "its folder)")
@@ -350,7 +352,7 @@ def _main(argv=None) -> int:
         from . import train
         done = load_results(results_path)
         for number, run in enumerate(runs, 1):
-            targs = train.build_parser().parse_args(list(run.argv) + ["--save_model_path", run.save_model_path])
+            targs = train.build_parser().parse_args(list(run.argv))
             state = "done" if any(same_run(run, r, targs) for r in done) else "to do"
             log(f"[{number}/{len(runs)}] {state}: {' '.join(run.argv)}")
         return 0

@@ -344,7 +344,8 @@ def _run(args, env: Distributed) -> Optional[dict]:
     if args.resume is not None:
         state = load_checkpoint(Path(args.resume) if args.resume else ckpt_path, args)
         if state.get("results") is not None:  # finished: report, never a second results line
-            log(f"{args.resume or ckpt_path}: this run finished (test accuracy {state['results']['acc']:.4f})")
+            log(f"{args.resume or ckpt_path}: this run finished "
+                f"(test accuracy {state['results']['acc']:.4f})")
             if env.main:
                 append_result(args.results, results_line(state["results"]), log)
             return state["results"]

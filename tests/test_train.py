@@ -109,7 +109,8 @@ def test_resume_gives_bitwise_identical_weights(tmp_path, data_dir, tiny_model):
     ckpt = torch.load(tmp_path / "split" / "model.ckpt", weights_only=True)  # tensors and plain types
     assert ckpt["epoch"] == 1 and ckpt["scheduler"]["last_epoch"] == 1 and "results" not in ckpt
     resumed = run_cli(tmp_path, data_dir, *common, "--resume", name="split")
-    final = {name: torch.load(tmp_path / name / "model.ckpt", weights_only=True) for name in ("whole", "split")}
+    final = {name: torch.load(tmp_path / name / "model.ckpt", weights_only=True)
+             for name in ("whole", "split")}
     for key, value in final["whole"]["model"].items():
         assert torch.equal(value, final["split"]["model"][key]), key
     for key, value in final["whole"]["best_state"].items():

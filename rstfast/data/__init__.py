@@ -8,6 +8,7 @@ from .sources import (Pool, SourceHashError, SourceNotFoundError, load_mnist_5k,
 from .warp import affine_warp
 
 __all__ = ["DATASETS", "DataError", "DatasetFolderError", "MEAN", "Pool", "RSDataset", "STD",
-           "SourceHashError", "SourceNotFoundError", "UsageError", "affine_warp", "dataset_dir", "load_mnist_5k",
+           "SourceHashError", "SourceNotFoundError", "UsageError", "affine_warp", "dataset_dir",
+           "load_mnist_5k",
            "load_source", "load_split", "locate", "make_loader", "prepare", "raw_folder",
            "read_manifest", "rs_datasets", "verify"]

@@ -74,6 +74,7 @@ DATASETS: Dict[str, DatasetSpec] = {
 
 
 DEFAULT_ROTATION = (0.0, 360.0)
+DEFAULT_SCALE = (0.3, 1.0)
 
 
 def dataset_dir(dest, dataset: str, seed: int, min_scale: float, max_scale: float,
@@ -215,7 +216,7 @@ def _existing(folder: Path, recipe: dict) -> Optional[str]:
 
 def prepare(dataset: str = "mnist", dest=".", data_root="./datasets", seed: int = 0,
             sizes: Optional[Sequence[Optional[int]]] = None, min_rot: float = 0.0,
-            max_rot: float = 360.0, min_scale: float = 0.3, max_scale: float = 1.0,
+            max_rot: float = 360.0, min_scale: float = DEFAULT_SCALE[0], max_scale: float = DEFAULT_SCALE[1],
             download: bool = True, force: bool = False, png: bool = False, origin: str = "auto",
             log=print) -> Path:
     """Generate (or reuse) a dataset; return its folder (:func:`dataset_dir`). ``sizes`` = (train,
@@ -321,8 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dest", default="./datasets", help="where the generated dataset folder is created")
     p.add_argument("--min_rot", type=float, default=0.0, help="min rotation in degrees")
     p.add_argument("--max_rot", type=float, default=360.0, help="max rotation in degrees (exclusive)")
-    p.add_argument("--min_scale", type=float, default=0.3)
-    p.add_argument("--max_scale", type=float, default=1.0)
+    p.add_argument("--min_scale", type=float, default=DEFAULT_SCALE[0])
+    p.add_argument("--max_scale", type=float, default=DEFAULT_SCALE[1])
     p.add_argument("--download", action=argparse.BooleanOptionalAction, default=True,
                    help="download missing IDX files from the public mirrors (the last origin)")
     p.add_argument("--seed", type=int, default=0)
