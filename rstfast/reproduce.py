@@ -153,6 +153,7 @@ def same_run(run: Run, result: dict, args) -> bool:
 
 
 def load_results(path) -> List[dict]:
+    """The runs of ``path``; none if it does not exist yet."""
     from .plot import load_results as load
     return load(path) if Path(path).is_file() else []
 

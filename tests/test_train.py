@@ -196,6 +196,7 @@ def test_plots_are_written(tmp_path, data_dir, tiny_model):
     from rstfast import plot
     assert plot.main([str(tmp_path / "results.yml"), "--out", str(tmp_path / "acc.png")]) == 0
     assert (tmp_path / "acc.png").stat().st_size > 1000
+    assert plot.main([str(tmp_path / "missing.yml")]) == 2
 
 
 def test_real_model_from_the_registry(tmp_path, data_dir):
