@@ -9,7 +9,6 @@
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections import defaultdict
@@ -22,11 +21,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import yaml  # noqa: E402
 
+from .data.cli import Parser, UsageError, guarded  # noqa: E402
+
 
 def load_results(path) -> List[dict]:
+    """The runs of a results.yml (a YAML list of dicts)."""
+    if not Path(path).is_file():
+        raise UsageError(f"results: {path} not found (expected a results.yml written by rstfast-train)")
     runs = yaml.safe_load(Path(path).read_text()) or []
     if not isinstance(runs, list):
-        raise ValueError(f"results: expected a YAML list of runs in {path}, got {type(runs).__name__}")
+        raise UsageError(f"results: expected a YAML list of runs in {path}, got {type(runs).__name__}")
     return runs
 
 
@@ -71,6 +75,34 @@ def plot_curves(metrics_paths, out_png) -> Path:
     return Path(out_png)
 
 
+def plot_grid(rows: List[dict], datasets: List[str], out_png, titles: dict) -> Path:
+    """Grouped bars of :func:`rstfast.reproduce.summarize` rows: mean test accuracy per model ×
+    basis (groups) and dataset (bars), error bar ± std, one dot per run."""
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(rows) + 2), 4.5))
+    width = 0.8 / max(1, len(datasets))
+    for d, dataset in enumerate(datasets):
+        xs, means, stds = [], [], []
+        for i, row in enumerate(rows):
+            cell = row["cells"].get(dataset)
+            if cell is None:
+                continue
+            x = i - 0.4 + width * (d + 0.5)
+            xs.append(x)
+            means.append(cell["mean"])
+            stds.append(cell["std"])
+            ax.plot([x] * len(cell["accs"]), cell["accs"], "k.", ms=4)
+        ax.bar(xs, means, width, yerr=stds, capsize=3, alpha=0.6, label=titles.get(dataset, dataset))
+    labels = [f"{row['label']}\n{row['arch']}" + (f" [{row['basis']}]" if row["basis"] else "")
+              for row in rows]
+    ax.set_xticks(range(len(rows)), labels, rotation=30, ha="right", fontsize=7)
+    ax.set_ylabel("test accuracy (%)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=120)
+    plt.close(fig)
+    return Path(out_png)
+
+
 def plot_run(results_path, metrics_path) -> List[Path]:
     """The two plots after a training run: ``<results>.png`` and ``<metrics stem>.png``."""
     metrics_path = Path(metrics_path)
@@ -79,8 +111,8 @@ def plot_run(results_path, metrics_path) -> List[Path]:
             plot_curves([metrics_path], curves)]
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m rstfast.plot", description=__doc__.split("\n\n")[0])
+def _main(argv=None) -> int:
+    p = Parser(prog="python -m rstfast.plot", description=__doc__.split("\n\n")[0])
     p.add_argument("results", help="results.yml written by rstfast-train")
     p.add_argument("--metrics", nargs="*", default=[], help="metrics JSON files for training curves")
     p.add_argument("--out", default=None, help="accuracy PNG (default: <results>.png)")
@@ -89,6 +121,11 @@ def main(argv=None) -> int:
     if args.metrics:
         print(plot_curves(args.metrics, Path(args.metrics[0]).with_suffix(".curves.png")))
     return 0
+
+
+def main(argv=None) -> int:
+    """``python -m rstfast.plot``; a user error is one line on stderr and exit code 2."""
+    return guarded("python -m rstfast.plot", _main, argv)
 
 
 if __name__ == "__main__":

