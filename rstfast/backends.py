@@ -31,7 +31,7 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-__all__ = ["Backend", "Choice", "names", "get", "register", "resolve", "auto_order",
+__all__ = ["Backend", "Choice", "names", "get", "register", "unregister", "resolve", "auto_order",
            "available_backends", "dtypes", "kernels", "used", "AUTO_ORDER", "clear_cache"]
 
 KINDS = ("kernels", "functional")
@@ -63,6 +63,7 @@ _add(Backend("reference", "rstfast.reference.functional", "functional", ()))
 _add(Backend("triton", "rstfast.kernels", "kernels", ("cuda", "reference"), ("cuda", "cpu")))
 _add(Backend("cpp", "rstfast.csrc", "kernels", ("reference",), ("cpu",)))
 _add(Backend("cuda", "rstfast.csrc", "kernels", ("triton", "reference"), ("cuda",)))
+_BUILT_IN = frozenset(_BACKENDS)
 
 # What "auto" tries, per device type. On CPU the C++ extension is 1.7-4.5x faster than the
 # original and the reference for whole training steps of the paper models (batch 8,
@@ -116,6 +117,15 @@ def register(name: str, module: str, kind: str = "kernels",
     if unknown:
         raise ValueError(f"fallback: expected registered backends, got unknown {unknown}")
     _add(Backend(name, module, kind, tuple(fallback), None if devices is None else tuple(devices)))
+    clear_cache()
+
+
+def unregister(name: str) -> None:
+    """Forget a backend added with :func:`register` (the built-in ones stay)."""
+    if name in _BUILT_IN:
+        raise ValueError(f"name: {name!r} is a built-in backend and cannot be removed")
+    if _BACKENDS.pop(name, None) is None:
+        raise ValueError(f"name: expected a registered backend, got {name!r}")
     clear_cache()
 
 

@@ -184,9 +184,11 @@ def test_backend_names_come_from_the_registry(monkeypatch, data_dir, tmp_path):
     argv = ["--model", "mnist_cnn_28", "--backend", "mine", "--data_dir", str(data_dir)]
     with pytest.raises(train.UsageError, match="--backend: expected one of"):
         train.check_args(train.build_parser().parse_args(argv))
-    monkeypatch.setitem(backends._MODULES, "mine", "rstfast.reference.functional")
-    monkeypatch.setitem(backends.FALLBACK, "mine", ("reference",))
-    train.check_args(train.build_parser().parse_args(argv))  # registered: accepted
+    backends.register("mine", "rstfast.reference.functional", kind="functional")
+    try:
+        train.check_args(train.build_parser().parse_args(argv))  # registered: accepted
+    finally:
+        backends.unregister("mine")
 
 
 def test_plots_are_written(tmp_path, data_dir, tiny_model):
