@@ -1,0 +1,250 @@
+"""FFT-domain kernels of the roto-scale convolutions: forward, input gradient, filter gradient.
+
+Kernel contract (the cropped filter buffer and index map of :mod:`rstfast.geometry`)::
+
+    conv_forward(x, filters, bias, geo) -> y [B, O, T, H', W']
+    conv_backward(grad_y, x, filters, geo, need_input, need_filters) -> (grad_x, grad_filters)
+
+``x`` is ``[B, C, H, W]`` (lifting) or ``[B, C, T, H, W]`` (``t = r*S + s``), any strides, float32
+or float64; ``filters`` is the flat buffer (per scale ``s`` a block ``[A, R, O, C, n_s, n_s]``);
+``y[b, o, t, h, w] = bias[o] + sum_{a, c, u, v} x[b, c, q(t, a), h*st + u + d_s, w*st + v + d_s] *
+block_s[a, r, o, c, u, v]`` with ``q = geo.input_slice(t, a)`` and ``d_s = geo.crop(s) - p``.
+
+Algorithm, per spatial axis of transform size ``N`` (:func:`transform_size`, large enough that the
+circular correlation equals the zero-padded one at every output and, in the backward, at every
+input pixel):
+
+* input spectra ``X[q] = DFT(x[:, :, q])`` once per input slice, ``[T_in, bins, B, C]``;
+* filter spectra ``Khat[t, a] = conj(DFT(g))``, ``g`` the ``n_s x n_s`` taps placed at
+  ``(u + d_s) mod N``, ``[A, t, bins, C, O]``, from the cropped taps only (two small matmuls);
+* per frequency bin ``Yhat[t] = sum_a X[q(t, a)] @ Khat[t, a]`` (batched complex matmuls over the
+  bins), then ``y[:, :, t]`` = the inverse DFT read at the output rows ``h*st`` only, the bias
+  folded into the zero frequency;
+* backward with ``Gc[t] = conj(DFT(grad_y[:, :, t] placed at h*st))``: the input gradient's
+  conjugate spectrum ``sum_{(t, a) reading q} Gc[t] @ Khat[t, a]^T``, the filter gradient
+  ``DFT^-1(X[q]^T @ Gc[t])`` read at the ``n_s x n_s`` tap positions (the adjoint of the filter
+  spectrum map, half-spectrum weights included).
+
+All DFTs are small matmuls (:mod:`.transforms`). The output slices are processed in chunks of one
+scale and consecutive rotations whose spectra fit in :data:`CHUNK_BYTES` (at least one slice per
+chunk); the input spectra (and, in the backward, the input gradient's) are held whole, about 1.6x
+the size of ``x`` each for the paper layers. Autocast is off inside; results have x's dtype.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
+
+import torch
+
+from ..geometry import Geometry, out_side
+from .transforms import Axis, from_spectrum, to_spectrum
+
+__all__ = ["DTYPES", "CHUNK_BYTES", "unavailable_reason", "conv_forward", "conv_backward",
+           "transform_size"]
+
+DTYPES = {"cpu": (torch.float32, torch.float64), "cuda": (torch.float32, torch.float64)}
+
+# Spectra of one chunk of output slices (filter spectra, their gradient, output / output-gradient
+# spectra and the transforms' intermediates) stay below this many bytes, unless one slice needs more.
+CHUNK_BYTES = 256 * 2 ** 20
+
+
+def unavailable_reason(device: torch.device) -> Optional[str]:
+    """None where the kernels run (CPU; CUDA when torch sees a GPU), else why not."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return None
+    if device.type == "cuda":
+        return None if torch.cuda.is_available() else "torch sees no CUDA device"
+    return f"the FFT backend has no kernels for device type {device.type!r}"
+
+
+def transform_size(geo: Geometry, side: int) -> int:
+    """Smallest transform size ``N`` along an axis of ``side`` input pixels without aliasing.
+
+    Output row ``m = h*st`` reads input rows ``m + u + d_s`` (``u < n_s``), from ``lo = min_s d_s``
+    to ``hi = (H'-1)*st + max_s (d_s + n_s - 1)``. Circularly, a read row ``j`` outside the image
+    lands on ``j mod N``, which must be a zero row (``side <= j mod N < N``): ``N >= side - lo`` for
+    the rows above and ``N > hi`` for those below. The same bounds keep the input gradient (every
+    input pixel) and the filter gradient free of wrapped terms; ``N`` also holds the image and the
+    output rows.
+    """
+    last_row = (out_side(side, geo.kernel_size, geo.stride, geo.padding) - 1) * geo.stride
+    shifts = [geo.crop(s) - geo.padding for s in range(geo.num_scales)]
+    lowest = min(shifts)
+    highest = last_row + max(d + n - 1 for d, n in zip(shifts, geo.support))
+    return max(side, side - lowest, highest + 1, last_row + 1)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Transform sizes of one call and the sample axes of x, y and each scale's filters."""
+    geo: Geometry
+    height: int
+    width: int
+
+    @property
+    def rows(self) -> int:
+        return transform_size(self.geo, self.height)
+
+    @property
+    def cols(self) -> int:
+        return transform_size(self.geo, self.width)
+
+    @property
+    def bins(self) -> int:
+        return self.rows * (self.cols // 2 + 1)
+
+    def input_axes(self) -> Tuple[Axis, Axis]:
+        """Image rows / columns ``0 .. H-1``; sign -1 (``X = DFT(x)``)."""
+        return (Axis(self.rows, 0, self.height, 1, -1), Axis(self.cols, 0, self.width, 1, -1))
+
+    def output_axes(self) -> Tuple[Axis, Axis]:
+        """Output rows / columns at ``h*st``; sign +1 (``Gc = conj(DFT(grad_y))``, inverse of Y)."""
+        out_h, out_w = self.geo.out_size(self.height, self.width)
+        stride = self.geo.stride
+        return (Axis(self.rows, 0, out_h, stride, 1), Axis(self.cols, 0, out_w, stride, 1))
+
+    def filter_axes(self, s: int) -> Tuple[Axis, Axis]:
+        """Taps of scale ``s`` at ``u + crop_s - p``; sign +1 (``Khat = conj(DFT(g))``)."""
+        n, shift = self.geo.support[s], self.geo.crop(s) - self.geo.padding
+        return (Axis(self.rows, shift, n, 1, 1), Axis(self.cols, shift, n, 1, 1))
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    """Output slices ``t = r*S + s`` (``r`` in ``rotations``) of one scale ``s`` that share the
+    weight offsets ``offsets`` reading an input slice; ``reads`` lists every
+    ``(position in the chunk, index into offsets, input slice q)``."""
+    scale: int
+    rotations: range
+    slices: slice
+    offsets: Tuple[int, ...]
+    reads: Tuple[Tuple[int, int, int], ...]
+
+
+def _chunks(geo: Geometry, slice_bytes: int) -> List[_Chunk]:
+    """Scale by scale, runs of consecutive rotations with the same valid offsets, at most
+    ``CHUNK_BYTES // slice_bytes`` (at least 1) slices per chunk."""
+    per_chunk = max(1, CHUNK_BYTES // max(1, slice_bytes))
+    num_scales = geo.num_scales
+    chunks = []
+    for s in range(num_scales):
+        runs: List[Tuple[Tuple[int, ...], List[int]]] = []
+        for r in range(geo.num_rotations):
+            row = geo.read_table[r * num_scales + s]
+            valid = tuple(a for a, q in enumerate(row) if q >= 0)
+            if runs and runs[-1][0] == valid and len(runs[-1][1]) < per_chunk:
+                runs[-1][1].append(r)
+            else:
+                runs.append((valid, [r]))
+        for valid, rotations in runs:
+            reads = tuple((k, i, geo.read_table[r * num_scales + s][a])
+                          for k, r in enumerate(rotations) for i, a in enumerate(valid))
+            first, last = rotations[0], rotations[-1]
+            chunks.append(_Chunk(s, range(first, last + 1),
+                                 slice(first * num_scales + s, last * num_scales + s + 1,
+                                       num_scales), valid, reads))
+    return chunks
+
+
+def _slice_bytes(geo: Geometry, plan: _Plan, batch: int, dtype: torch.dtype,
+                 filter_spectra: int) -> int:
+    """Estimated bytes per output slice of a chunk: ``filter_spectra`` spectra of the size of the
+    filter spectra (each with its transform's intermediates) and the output (gradient) spectrum
+    with the intermediates of its transform."""
+    filters = geo.num_offsets * geo.in_channels * geo.out_channels
+    item = torch.empty((), dtype=dtype.to_complex()).element_size()
+    return item * plan.bins * (2 * filter_spectra * filters + 3 * batch * geo.out_channels)
+
+
+def _as_group(x: torch.Tensor, geo: Geometry) -> torch.Tensor:
+    """``[B, C, T_in, H, W]`` view of x (the lifting input gets ``T_in = 1``)."""
+    return x.unsqueeze(2) if geo.lifting else x
+
+
+def _input_spectra(x5: torch.Tensor, plan: _Plan) -> torch.Tensor:
+    """``X[q, bin, b, c]`` of x ``[B, C, T_in, H, W]``: ``[T_in, bins, B, C]``."""
+    return to_spectrum(x5, (2,), (0, 1), *plan.input_axes()).flatten(1, 2)
+
+
+def _filter_spectra(filters: torch.Tensor, geo: Geometry, plan: _Plan, chunk: _Chunk,
+                    dtype: torch.dtype) -> torch.Tensor:
+    """``Khat[i, k, bin, c, o]`` of the chunk's slot ``(offsets[i], rotations[k])``:
+    ``[len(offsets), len(rotations), bins, C, O]``."""
+    block = geo.filter_block(filters, chunk.scale)[list(chunk.offsets), chunk.rotations.start:
+                                                   chunk.rotations.stop]   # [A_c, R_c, O, C, n, n]
+    return to_spectrum(block.to(dtype), (0, 1), (3, 2),
+                       *plan.filter_axes(chunk.scale)).flatten(2, 3)
+
+
+def conv_forward(x: torch.Tensor, filters: torch.Tensor, bias: Optional[torch.Tensor],
+                 geo: Geometry) -> torch.Tensor:
+    """y ``[B, O, T, H', W']`` (contiguous, x's dtype) of x and the flat filter buffer."""
+    geo.check_input(x)
+    with torch.autocast(x.device.type, enabled=False):
+        plan = _Plan(geo, x.shape[-2], x.shape[-1])
+        batch, out_channels = x.shape[0], geo.out_channels
+        spec_x = _input_spectra(_as_group(x, geo), plan)                   # [T_in, bins, B, C]
+        y = x.new_empty(geo.out_shape(x.shape))
+        rows, cols = plan.output_axes()
+        for chunk in _chunks(geo, _slice_bytes(geo, plan, batch, x.dtype, 1)):
+            spec_k = _filter_spectra(filters, geo, plan, chunk, x.dtype)
+            spec_y = spec_x.new_empty(len(chunk.rotations), plan.bins, batch, out_channels)
+            for k, i, q in chunk.reads:     # i == 0: the first read of slice k
+                if i == 0:
+                    torch.bmm(spec_x[q], spec_k[i, k], out=spec_y[k])
+                else:
+                    spec_y[k].baddbmm_(spec_x[q], spec_k[i, k])
+            if bias is not None:           # a constant: the zero frequency times N_h * N_w
+                spec_y[:, 0] += bias.to(x.dtype) * (plan.rows * plan.cols)
+            y[:, :, chunk.slices] = from_spectrum(
+                spec_y.view(-1, plan.rows, plan.cols // 2 + 1, batch, out_channels), 1,
+                rows, cols, (1, 2, 0))
+    return y
+
+
+def conv_backward(grad_y: torch.Tensor, x: torch.Tensor, filters: torch.Tensor, geo: Geometry,
+                  need_input: bool, need_filters: bool
+                  ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """Gradients of ``sum(y * grad_y)``: ``grad_x`` (x's shape, contiguous, x's dtype) and
+    ``grad_filters`` (the buffer's shape and dtype, exactly zero in the slots ``(a, r)`` that
+    read no input slice), each None unless requested."""
+    if not (need_input or need_filters):
+        return None, None
+    with torch.autocast(x.device.type, enabled=False):
+        plan = _Plan(geo, x.shape[-2], x.shape[-1])
+        x5, dtype = _as_group(x, geo), x.dtype
+        batch, half = x.shape[0], plan.cols // 2 + 1
+        grad_y = grad_y.to(dtype)
+        spec_x = _input_spectra(x5, plan) if need_filters else None      # [T_in, bins, B, C]
+        spec_gx = (x5.new_zeros(x5.shape[2], plan.bins, batch, geo.in_channels,
+                                dtype=dtype.to_complex()) if need_input else None)
+        grad_filters = torch.zeros_like(filters) if need_filters else None
+        slice_bytes = _slice_bytes(geo, plan, batch, dtype, int(need_input) + int(need_filters))
+        for chunk in _chunks(geo, slice_bytes):
+            spec_g = to_spectrum(grad_y[:, :, chunk.slices], (2,), (0, 1),
+                                 *plan.output_axes()).flatten(1, 2)      # [R_c, bins, B, O]
+            if need_input:                  # conj(DFT(grad_x)) += conj(G) @ Khat^T
+                spec_k = _filter_spectra(filters, geo, plan, chunk, dtype)
+                for k, i, q in chunk.reads:
+                    spec_gx[q].baddbmm_(spec_g[k], spec_k[i, k].mT)
+                del spec_k
+            if need_filters:                # X^T @ conj(G), back at the tap positions
+                spec_h = spec_g.new_empty(len(chunk.offsets), len(chunk.rotations), plan.bins,
+                                          geo.in_channels, geo.out_channels)
+                for k, i, q in chunk.reads:
+                    torch.bmm(spec_x[q].mT, spec_g[k], out=spec_h[i, k])
+                taps = from_spectrum(
+                    spec_h.view(*spec_h.shape[:2], plan.rows, half, *spec_h.shape[3:]), 2,
+                    *plan.filter_axes(chunk.scale), (0, 1, 3, 2))          # [A_c, R_c, O, C, n, n]
+                block = geo.filter_block(grad_filters, chunk.scale)
+                block[list(chunk.offsets), chunk.rotations.start:chunk.rotations.stop] = \
+                    taps.to(filters.dtype)
+        grad_x = None
+        if need_input:
+            grad_x = from_spectrum(spec_gx.view(-1, plan.rows, half, batch, geo.in_channels),
+                                   1, *plan.input_axes(), (1, 2, 0))       # [B, C, T_in, H, W]
+            grad_x = grad_x.squeeze(2) if geo.lifting else grad_x
+    return grad_x, grad_filters
