@@ -14,9 +14,9 @@ Algorithm, per spatial axis of transform size ``N`` (:func:`transform_size`, lar
 circular correlation equals the zero-padded one at every output and, in the backward, at every
 input pixel):
 
-* input spectra ``X[q] = DFT(x[:, :, q])`` once per input slice, ``[T_in, bins, B, C]``;
+* input spectra ``X[q] = DFT(x[:, :, q])`` once per input slice, ``[bins, B, C]`` each;
 * filter spectra ``Khat[t, a] = conj(DFT(g))``, ``g`` the ``n_s x n_s`` taps placed at
-  ``(u + d_s) mod N``, ``[A, t, bins, C, O]``, from the cropped taps only (two small matmuls);
+  ``(u + d_s) mod N``, ``[bins, C, O]`` each, from the cropped taps only (two small matmuls);
 * per frequency bin ``Yhat[t] = sum_a X[q(t, a)] @ Khat[t, a]`` (batched complex matmuls over the
   bins), then ``y[:, :, t]`` = the inverse DFT read at the output rows ``h*st`` only, the bias
   folded into the zero frequency;
@@ -27,8 +27,11 @@ input pixel):
 
 All DFTs are small matmuls (:mod:`.transforms`). The output slices are processed in chunks of one
 scale and consecutive rotations whose spectra fit in :data:`CHUNK_BYTES` (at least one slice per
-chunk); the input spectra (and, in the backward, the input gradient's) are held whole, about 1.6x
-the size of ``x`` each for the paper layers. Autocast is off inside; results have x's dtype.
+chunk). An input slice's spectrum is computed at its first read and dropped after its last, and
+its gradient's spectrum is summed from the first reader to the last and then transformed back:
+with ``scale_size = 1`` only the ``R`` input slices of the current scale are held (about 1.6x
+their size in x for the paper layers, each spectrum). Autocast is off inside; results have x's
+dtype. Complex matmuls run on ``torch.bmm`` (cuBLAS / MKL; no TF32 unless the caller enables it).
 """
 from __future__ import annotations
 
@@ -164,19 +167,44 @@ def _as_group(x: torch.Tensor, geo: Geometry) -> torch.Tensor:
     return x.unsqueeze(2) if geo.lifting else x
 
 
-def _input_spectra(x5: torch.Tensor, plan: _Plan) -> torch.Tensor:
-    """``X[q, bin, b, c]`` of x ``[B, C, T_in, H, W]``: ``[T_in, bins, B, C]``."""
-    return to_spectrum(x5, (2,), (0, 1), *plan.input_axes()).flatten(1, 2)
+def _input_spectrum(x5: torch.Tensor, q: int, plan: _Plan) -> torch.Tensor:
+    """``X[bin, b, c]`` of input slice ``q`` of x ``[B, C, T_in, H, W]``: ``[bins, B, C]``."""
+    return to_spectrum(x5[:, :, q:q + 1], (2,), (0, 1), *plan.input_axes()).view(
+        plan.bins, x5.shape[0], x5.shape[1])
+
+
+def _last_reads(chunks: List[_Chunk]) -> List[List[int]]:
+    """Per chunk, the input slices that no later chunk reads (their spectra can go)."""
+    last = {q: c for c, chunk in enumerate(chunks) for _, _, q in chunk.reads}
+    done: List[List[int]] = [[] for _ in chunks]
+    for q, c in sorted(last.items()):
+        done[c].append(q)
+    return done
+
+
+def _new_reads(chunk: _Chunk, held: dict) -> List[int]:
+    """Input slices the chunk reads that are not in ``held`` yet."""
+    return sorted({q for _, _, q in chunk.reads} - held.keys())
+
+
+def _filter_slots(buffer: torch.Tensor, geo: Geometry, chunk: _Chunk):
+    """``(i, view)`` per offset ``offsets[i]`` of the chunk: the buffer's taps of its slots
+    ``(offsets[i], rotations)``, ``[R_c, O, C, n_s, n_s]`` (contiguous)."""
+    block = geo.filter_block(buffer, chunk.scale)
+    return [(i, block[a, chunk.rotations.start:chunk.rotations.stop])
+            for i, a in enumerate(chunk.offsets)]
 
 
 def _filter_spectra(filters: torch.Tensor, geo: Geometry, plan: _Plan, chunk: _Chunk,
                     dtype: torch.dtype) -> torch.Tensor:
     """``Khat[i, k, bin, c, o]`` of the chunk's slot ``(offsets[i], rotations[k])``:
     ``[len(offsets), len(rotations), bins, C, O]``."""
-    block = geo.filter_block(filters, chunk.scale)[list(chunk.offsets), chunk.rotations.start:
-                                                   chunk.rotations.stop]   # [A_c, R_c, O, C, n, n]
-    return to_spectrum(block.to(dtype), (0, 1), (3, 2),
-                       *plan.filter_axes(chunk.scale)).flatten(2, 3)
+    spec = filters.new_empty(len(chunk.offsets), len(chunk.rotations), plan.rows,
+                             plan.cols // 2 + 1, geo.in_channels, geo.out_channels,
+                             dtype=dtype.to_complex())
+    for i, taps in _filter_slots(filters, geo, chunk):
+        to_spectrum(taps.to(dtype), (0,), (2, 1), *plan.filter_axes(chunk.scale), out=spec[i])
+    return spec.flatten(2, 3)
 
 
 def conv_forward(x: torch.Tensor, filters: torch.Tensor, bias: Optional[torch.Tensor],
@@ -185,13 +213,15 @@ def conv_forward(x: torch.Tensor, filters: torch.Tensor, bias: Optional[torch.Te
     geo.check_input(x)
     with torch.autocast(x.device.type, enabled=False):
         plan = _Plan(geo, x.shape[-2], x.shape[-1])
-        batch, out_channels = x.shape[0], geo.out_channels
-        spec_x = _input_spectra(_as_group(x, geo), plan)                   # [T_in, bins, B, C]
+        x5, batch, out_channels = _as_group(x, geo), x.shape[0], geo.out_channels
         y = x.new_empty(geo.out_shape(x.shape))
-        rows, cols = plan.output_axes()
-        for chunk in _chunks(geo, _slice_bytes(geo, plan, batch, x.dtype, 1)):
+        chunks = _chunks(geo, _slice_bytes(geo, plan, batch, x.dtype, 1))
+        spec_x = {}                         # input slice q -> X[q], first to last read
+        for chunk, done in zip(chunks, _last_reads(chunks)):
+            for q in _new_reads(chunk, spec_x):
+                spec_x[q] = _input_spectrum(x5, q, plan)
             spec_k = _filter_spectra(filters, geo, plan, chunk, x.dtype)
-            spec_y = spec_x.new_empty(len(chunk.rotations), plan.bins, batch, out_channels)
+            spec_y = spec_k.new_empty(len(chunk.rotations), plan.bins, batch, out_channels)
             for k, i, q in chunk.reads:     # i == 0: the first read of slice k
                 if i == 0:
                     torch.bmm(spec_x[q], spec_k[i, k], out=spec_y[k])
@@ -199,9 +229,10 @@ def conv_forward(x: torch.Tensor, filters: torch.Tensor, bias: Optional[torch.Te
                     spec_y[k].baddbmm_(spec_x[q], spec_k[i, k])
             if bias is not None:           # a constant: the zero frequency times N_h * N_w
                 spec_y[:, 0] += bias.to(x.dtype) * (plan.rows * plan.cols)
-            y[:, :, chunk.slices] = from_spectrum(
-                spec_y.view(-1, plan.rows, plan.cols // 2 + 1, batch, out_channels), 1,
-                rows, cols, (1, 2, 0))
+            from_spectrum(spec_y.view(-1, plan.rows, plan.cols // 2 + 1, batch, out_channels), 1,
+                          *plan.output_axes(), (1, 2, 0), out=y[:, :, chunk.slices])
+            for q in done:
+                del spec_x[q]
     return y
 
 
@@ -218,12 +249,19 @@ def conv_backward(grad_y: torch.Tensor, x: torch.Tensor, filters: torch.Tensor, 
         x5, dtype = _as_group(x, geo), x.dtype
         batch, half = x.shape[0], plan.cols // 2 + 1
         grad_y = grad_y.to(dtype)
-        spec_x = _input_spectra(x5, plan) if need_filters else None      # [T_in, bins, B, C]
-        spec_gx = (x5.new_zeros(x5.shape[2], plan.bins, batch, geo.in_channels,
-                                dtype=dtype.to_complex()) if need_input else None)
+        grad_x5 = x5.new_empty(x5.shape) if need_input else None
         grad_filters = torch.zeros_like(filters) if need_filters else None
-        slice_bytes = _slice_bytes(geo, plan, batch, dtype, int(need_input) + int(need_filters))
-        for chunk in _chunks(geo, slice_bytes):
+        chunks = _chunks(geo, _slice_bytes(geo, plan, batch, dtype,
+                                           int(need_input) + int(need_filters)))
+        spec_x = {}                         # q -> X[q] (filter gradient), first to last read
+        spec_gx = {}                        # q -> conj(DFT(grad_x[:, :, q])), summed over readers
+        for chunk, done in zip(chunks, _last_reads(chunks)):
+            for q in _new_reads(chunk, spec_x if need_filters else spec_gx):
+                if need_filters:
+                    spec_x[q] = _input_spectrum(x5, q, plan)
+                if need_input:
+                    spec_gx[q] = x5.new_zeros(plan.bins, batch, geo.in_channels,
+                                              dtype=dtype.to_complex())
             spec_g = to_spectrum(grad_y[:, :, chunk.slices], (2,), (0, 1),
                                  *plan.output_axes()).flatten(1, 2)      # [R_c, bins, B, O]
             if need_input:                  # conj(DFT(grad_x)) += conj(G) @ Khat^T
@@ -236,15 +274,17 @@ def conv_backward(grad_y: torch.Tensor, x: torch.Tensor, filters: torch.Tensor, 
                                           geo.in_channels, geo.out_channels)
                 for k, i, q in chunk.reads:
                     torch.bmm(spec_x[q].mT, spec_g[k], out=spec_h[i, k])
-                taps = from_spectrum(
-                    spec_h.view(*spec_h.shape[:2], plan.rows, half, *spec_h.shape[3:]), 2,
-                    *plan.filter_axes(chunk.scale), (0, 1, 3, 2))          # [A_c, R_c, O, C, n, n]
-                block = geo.filter_block(grad_filters, chunk.scale)
-                block[list(chunk.offsets), chunk.rotations.start:chunk.rotations.stop] = \
-                    taps.to(filters.dtype)
-        grad_x = None
-        if need_input:
-            grad_x = from_spectrum(spec_gx.view(-1, plan.rows, half, batch, geo.in_channels),
-                                   1, *plan.input_axes(), (1, 2, 0))       # [B, C, T_in, H, W]
-            grad_x = grad_x.squeeze(2) if geo.lifting else grad_x
+                for i, taps in _filter_slots(grad_filters, geo, chunk):
+                    from_spectrum(spec_h[i].view(-1, plan.rows, half, *spec_h.shape[3:]), 1,
+                                  *plan.filter_axes(chunk.scale), (0, 2, 1), out=taps)
+            for q in done:
+                spec_x.pop(q, None)
+                if need_input:
+                    from_spectrum(spec_gx.pop(q).view(1, plan.rows, half, batch,
+                                                      geo.in_channels),
+                                  1, *plan.input_axes(), (1, 2, 0), out=grad_x5[:, :, q:q + 1])
+        if need_input:                      # slices no output reads
+            for q in sorted(set(range(x5.shape[2])) - {q for c in chunks for _, _, q in c.reads}):
+                grad_x5[:, :, q].zero_()
+    grad_x = None if grad_x5 is None else grad_x5.squeeze(2) if geo.lifting else grad_x5
     return grad_x, grad_filters

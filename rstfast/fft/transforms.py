@@ -22,7 +22,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import Sequence, Tuple
+from typing import Optional, Sequence
 
 import torch
 
@@ -89,8 +89,9 @@ def _pieces(length: int, bytes_per_index: int):
 
 
 def to_spectrum(z: torch.Tensor, lead: Sequence[int], inner: Sequence[int], rows: Axis,
-                cols: Axis) -> torch.Tensor:
-    """Real ``z [..., rows.count, cols.count]`` -> complex ``[*lead, N_h, N_w//2 + 1, *inner]``.
+                cols: Axis, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Real ``z [..., rows.count, cols.count]`` -> complex ``[*lead, N_h, N_w//2 + 1, *inner]``
+    (written into the contiguous ``out`` when given).
 
     ``Z[k_h, k_w] = sum_{h, w} z[h, w] * phase_rows[k_h, h] * phase_cols[k_w, w]``; ``lead`` and
     ``inner`` list the other dims of ``z`` (each once) in their output order.
@@ -99,8 +100,9 @@ def to_spectrum(z: torch.Tensor, lead: Sequence[int], inner: Sequence[int], rows
     lead_sizes = [z.shape[d] for d in lead]
     inner_sizes = [z.shape[d] for d in inner]
     n_lead = math.prod(lead_sizes)
-    out = z.new_empty((*lead_sizes, rows.size, cols.half, *inner_sizes),
-                      dtype=z.dtype.to_complex())
+    if out is None:
+        out = z.new_empty((*lead_sizes, rows.size, cols.half, *inner_sizes),
+                          dtype=z.dtype.to_complex())
     flat_out = out.view(n_lead, rows.size, -1)
     cols_matrix = _half_forward(cols, z.device, z.dtype)                      # [w, (k_w, 2)]
     rows_matrix = _phases(rows, rows.size, z.device, z.dtype.to_complex())    # [k_h, h]
@@ -117,9 +119,10 @@ def to_spectrum(z: torch.Tensor, lead: Sequence[int], inner: Sequence[int], rows
 
 
 def from_spectrum(spec: torch.Tensor, n_lead: int, rows: Axis, cols: Axis,
-                  order: Sequence[int]) -> torch.Tensor:
+                  order: Sequence[int], out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Complex ``spec [*L, N_h, N_w//2 + 1, *I]`` (``n_lead`` dims ``L``) -> real
-    ``[*(other dims in order), rows.count, cols.count]``.
+    ``[*(other dims in order), rows.count, cols.count]`` (written into ``out``, any strides and
+    real dtype, when given).
 
     ``z[h, w] = Re(sum_{k_h, k_w} weight_{k_w} * spec[k_h, k_w] * phase_rows[k_h, h] *
     phase_cols[k_w, w]) / (N_h * N_w)`` -- the inverse of :func:`to_spectrum` for the opposite
@@ -129,8 +132,9 @@ def from_spectrum(spec: torch.Tensor, n_lead: int, rows: Axis, cols: Axis,
     lead_sizes, inner_sizes = spec.shape[:n_lead], spec.shape[n_lead + 2:]
     other_sizes = (*lead_sizes, *inner_sizes)
     dims = [d if d < n_lead else d + 2 for d in order]                       # dims of spec
-    out = spec.new_empty((*(other_sizes[d] for d in order), rows.count, cols.count),
-                         dtype=spec.real.dtype)
+    if out is None:
+        out = spec.new_empty((*(other_sizes[d] for d in order), rows.count, cols.count),
+                             dtype=spec.real.dtype)
     rows_matrix = _phases(rows, rows.size, spec.device, spec.dtype).t()        # [h, k_h]
     cols_matrix = _half_inverse(cols, 1.0 / (rows.size * cols.size), spec.device,
                                 spec.real.dtype)                               # [(k_w, 2), w]
