@@ -195,12 +195,15 @@ def main():
     parser.add_argument("--memory", action="store_true")
     parser.add_argument("--memory-backends", default="fft,cpp,reference")
     parser.add_argument("--reps", default="2,1", help="repetitions fft,cpp per round")
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--out")
     parser.add_argument("--probe")
     args = parser.parse_args()
     if args.probe:
         print(json.dumps({"peak_memory_bytes": probe(json.loads(args.probe))}))
         return
+    if args.threads:
+        torch.set_num_threads(args.threads)
     layers = [cases.PAPER_LAYERS[int(i)] for i in args.layers.split(",")]
     batches = [int(b) for b in args.batches.split(",")]
     report = {"machine": measure.machine_info(torch.device("cpu"))}

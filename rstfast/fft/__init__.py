@@ -26,8 +26,8 @@ input pixel):
   spectrum map, half-spectrum weights included).
 
 All DFTs are small matmuls (:mod:`.transforms`). The output slices are processed in chunks of one
-scale and consecutive rotations whose spectra fit in :data:`CHUNK_BYTES` (at least one slice per
-chunk). An input slice's spectrum is computed at its first read and dropped after its last, and
+scale and consecutive rotations, as many as keep each of the chunk's spectra (one offset's filter
+spectra, the output spectra) within :data:`CHUNK_BYTES` (at least one slice per chunk). An input slice's spectrum is computed at its first read and dropped after its last, and
 its gradient's spectrum is summed from the first reader to the last and then transformed back:
 with ``scale_size = 1`` only the ``R`` input slices of the current scale are held (about 1.6x
 their size in x for the paper layers, each spectrum). Autocast is off inside; results have x's
@@ -48,9 +48,12 @@ __all__ = ["DTYPES", "CHUNK_BYTES", "unavailable_reason", "conv_forward", "conv_
 
 DTYPES = {"cpu": (torch.float32, torch.float64), "cuda": (torch.float32, torch.float64)}
 
-# Spectra of one chunk of output slices (filter spectra, their gradient, output / output-gradient
-# spectra and the transforms' intermediates) stay below this many bytes, unless one slice needs more.
-CHUNK_BYTES = 256 * 2 ** 20
+# Largest spectrum tensor of a chunk of output slices: one offset's filter spectra (or their
+# gradient) or the output (gradient) spectra, unless one slice needs more. glibc serves blocks up
+# to 32 MiB from its heap and reuses them chunk after chunk; larger blocks are fresh mmaps whose
+# page faults, on every chunk, cost about as much as the matmuls that fill them (measured on CPU).
+# A chunk holds at most (2A + 3) such tensors.
+CHUNK_BYTES = 24 * 2 ** 20
 
 
 def unavailable_reason(device: torch.device) -> Optional[str]:
@@ -152,14 +155,11 @@ def _chunks(geo: Geometry, slice_bytes: int) -> List[_Chunk]:
     return chunks
 
 
-def _slice_bytes(geo: Geometry, plan: _Plan, batch: int, dtype: torch.dtype,
-                 filter_spectra: int) -> int:
-    """Estimated bytes per output slice of a chunk: ``filter_spectra`` spectra of the size of the
-    filter spectra (each with its transform's intermediates) and the output (gradient) spectrum
-    with the intermediates of its transform."""
-    filters = geo.num_offsets * geo.in_channels * geo.out_channels
+def _slice_bytes(geo: Geometry, plan: _Plan, batch: int, dtype: torch.dtype) -> int:
+    """Bytes per output slice of the larger chunk tensor: one offset's filter spectra
+    ``[bins, C, O]`` or the output spectra ``[bins, B, O]``."""
     item = torch.empty((), dtype=dtype.to_complex()).element_size()
-    return item * plan.bins * (2 * filter_spectra * filters + 3 * batch * geo.out_channels)
+    return item * plan.bins * geo.out_channels * max(geo.in_channels, batch)
 
 
 def _as_group(x: torch.Tensor, geo: Geometry) -> torch.Tensor:
@@ -195,16 +195,29 @@ def _filter_slots(buffer: torch.Tensor, geo: Geometry, chunk: _Chunk):
             for i, a in enumerate(chunk.offsets)]
 
 
+class _Reused:
+    """``count`` complex buffers ``[rows, N_h, N_w//2 + 1, *inner]`` for the largest chunk, reused
+    by every chunk: a fresh block of more than 32 MiB would be page-faulted anew each time."""
+
+    def __init__(self, like: torch.Tensor, count: int, chunks: List[_Chunk], plan: _Plan,
+                 inner: Tuple[int, ...]):
+        rows = max(len(chunk.rotations) for chunk in chunks)
+        self.buffers = [like.new_empty(rows, plan.rows, plan.cols // 2 + 1, *inner,
+                                       dtype=like.dtype.to_complex()) for _ in range(count)]
+
+    def views(self, chunk: _Chunk, count: int = 1) -> List[torch.Tensor]:
+        """The first ``len(chunk.rotations)`` rows of the first ``count`` buffers."""
+        return [buffer[:len(chunk.rotations)] for buffer in self.buffers[:count]]
+
+
 def _filter_spectra(filters: torch.Tensor, geo: Geometry, plan: _Plan, chunk: _Chunk,
-                    dtype: torch.dtype) -> torch.Tensor:
-    """``Khat[i, k, bin, c, o]`` of the chunk's slot ``(offsets[i], rotations[k])``:
-    ``[len(offsets), len(rotations), bins, C, O]``."""
-    spec = filters.new_empty(len(chunk.offsets), len(chunk.rotations), plan.rows,
-                             plan.cols // 2 + 1, geo.in_channels, geo.out_channels,
-                             dtype=dtype.to_complex())
-    for i, taps in _filter_slots(filters, geo, chunk):
-        to_spectrum(taps.to(dtype), (0,), (2, 1), *plan.filter_axes(chunk.scale), out=spec[i])
-    return spec.flatten(2, 3)
+                    dtype: torch.dtype, buffers: _Reused) -> List[torch.Tensor]:
+    """Per offset ``offsets[i]`` of the chunk, ``Khat[k, bin, c, o]`` of its slots
+    ``(offsets[i], rotations[k])``: ``[len(rotations), bins, C, O]`` (in ``buffers``)."""
+    spectra = buffers.views(chunk, len(chunk.offsets))
+    for (_, taps), spectrum in zip(_filter_slots(filters, geo, chunk), spectra):
+        to_spectrum(taps.to(dtype), (0,), (2, 1), *plan.filter_axes(chunk.scale), out=spectrum)
+    return [spectrum.flatten(1, 2) for spectrum in spectra]
 
 
 def conv_forward(x: torch.Tensor, filters: torch.Tensor, bias: Optional[torch.Tensor],
@@ -215,18 +228,21 @@ def conv_forward(x: torch.Tensor, filters: torch.Tensor, bias: Optional[torch.Te
         plan = _Plan(geo, x.shape[-2], x.shape[-1])
         x5, batch, out_channels = _as_group(x, geo), x.shape[0], geo.out_channels
         y = x.new_empty(geo.out_shape(x.shape))
-        chunks = _chunks(geo, _slice_bytes(geo, plan, batch, x.dtype, 1))
+        chunks = _chunks(geo, _slice_bytes(geo, plan, batch, x.dtype))
+        filter_buffers = _Reused(x, geo.num_offsets, chunks, plan,
+                                 (geo.in_channels, out_channels))
+        output_buffer = _Reused(x, 1, chunks, plan, (batch, out_channels))
         spec_x = {}                         # input slice q -> X[q], first to last read
         for chunk, done in zip(chunks, _last_reads(chunks)):
             for q in _new_reads(chunk, spec_x):
                 spec_x[q] = _input_spectrum(x5, q, plan)
-            spec_k = _filter_spectra(filters, geo, plan, chunk, x.dtype)
-            spec_y = spec_k.new_empty(len(chunk.rotations), plan.bins, batch, out_channels)
+            spec_k = _filter_spectra(filters, geo, plan, chunk, x.dtype, filter_buffers)
+            spec_y = output_buffer.views(chunk)[0].flatten(1, 2)       # [R_c, bins, B, O]
             for k, i, q in chunk.reads:     # i == 0: the first read of slice k
                 if i == 0:
-                    torch.bmm(spec_x[q], spec_k[i, k], out=spec_y[k])
+                    torch.bmm(spec_x[q], spec_k[i][k], out=spec_y[k])
                 else:
-                    spec_y[k].baddbmm_(spec_x[q], spec_k[i, k])
+                    spec_y[k].baddbmm_(spec_x[q], spec_k[i][k])
             if bias is not None:           # a constant: the zero frequency times N_h * N_w
                 spec_y[:, 0] += bias.to(x.dtype) * (plan.rows * plan.cols)
             from_spectrum(spec_y.view(-1, plan.rows, plan.cols // 2 + 1, batch, out_channels), 1,
@@ -251,8 +267,12 @@ def conv_backward(grad_y: torch.Tensor, x: torch.Tensor, filters: torch.Tensor, 
         grad_y = grad_y.to(dtype)
         grad_x5 = x5.new_empty(x5.shape) if need_input else None
         grad_filters = torch.zeros_like(filters) if need_filters else None
-        chunks = _chunks(geo, _slice_bytes(geo, plan, batch, dtype,
-                                           int(need_input) + int(need_filters)))
+        chunks = _chunks(geo, _slice_bytes(geo, plan, batch, dtype))
+        filter_buffers = _Reused(x, geo.num_offsets, chunks, plan,
+                                 (geo.in_channels, geo.out_channels))
+        gradient_buffers = _Reused(x, geo.num_offsets, chunks, plan,
+                                   (geo.in_channels, geo.out_channels)) if need_filters else None
+        output_buffer = _Reused(x, 1, chunks, plan, (batch, geo.out_channels))
         spec_x = {}                         # q -> X[q] (filter gradient), first to last read
         spec_gx = {}                        # q -> conj(DFT(grad_x[:, :, q])), summed over readers
         for chunk, done in zip(chunks, _last_reads(chunks)):
@@ -262,21 +282,19 @@ def conv_backward(grad_y: torch.Tensor, x: torch.Tensor, filters: torch.Tensor, 
                 if need_input:
                     spec_gx[q] = x5.new_zeros(plan.bins, batch, geo.in_channels,
                                               dtype=dtype.to_complex())
-            spec_g = to_spectrum(grad_y[:, :, chunk.slices], (2,), (0, 1),
-                                 *plan.output_axes()).flatten(1, 2)      # [R_c, bins, B, O]
+            spec_g = to_spectrum(grad_y[:, :, chunk.slices], (2,), (0, 1), *plan.output_axes(),
+                                 out=output_buffer.views(chunk)[0]).flatten(1, 2)  # [R_c, bins, B, O]
             if need_input:                  # conj(DFT(grad_x)) += conj(G) @ Khat^T
-                spec_k = _filter_spectra(filters, geo, plan, chunk, dtype)
+                spec_k = _filter_spectra(filters, geo, plan, chunk, dtype, filter_buffers)
                 for k, i, q in chunk.reads:
-                    spec_gx[q].baddbmm_(spec_g[k], spec_k[i, k].mT)
-                del spec_k
+                    spec_gx[q].baddbmm_(spec_g[k], spec_k[i][k].mT)
             if need_filters:                # X^T @ conj(G), back at the tap positions
-                spec_h = spec_g.new_empty(len(chunk.offsets), len(chunk.rotations), plan.bins,
-                                          geo.in_channels, geo.out_channels)
+                spec_h = gradient_buffers.views(chunk, len(chunk.offsets))
                 for k, i, q in chunk.reads:
-                    torch.bmm(spec_x[q].mT, spec_g[k], out=spec_h[i, k])
+                    torch.bmm(spec_x[q].mT, spec_g[k], out=spec_h[i][k].flatten(0, 1))
                 for i, taps in _filter_slots(grad_filters, geo, chunk):
-                    from_spectrum(spec_h[i].view(-1, plan.rows, half, *spec_h.shape[3:]), 1,
-                                  *plan.filter_axes(chunk.scale), (0, 2, 1), out=taps)
+                    from_spectrum(spec_h[i], 1, *plan.filter_axes(chunk.scale), (0, 2, 1),
+                                  out=taps)
             for q in done:
                 spec_x.pop(q, None)
                 if need_input:
