@@ -35,6 +35,7 @@ dtype. Complex matmuls run on ``torch.bmm`` (cuBLAS / MKL; no TF32 unless the ca
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
@@ -90,11 +91,11 @@ class _Plan:
     height: int
     width: int
 
-    @property
+    @functools.cached_property
     def rows(self) -> int:
         return transform_size(self.geo, self.height)
 
-    @property
+    @functools.cached_property
     def cols(self) -> int:
         return transform_size(self.geo, self.width)
 
@@ -158,8 +159,8 @@ def _chunks(geo: Geometry, slice_bytes: int) -> List[_Chunk]:
 def _slice_bytes(geo: Geometry, plan: _Plan, batch: int, dtype: torch.dtype) -> int:
     """Bytes per output slice of the larger chunk tensor: one offset's filter spectra
     ``[bins, C, O]`` or the output spectra ``[bins, B, O]``."""
-    item = torch.empty((), dtype=dtype.to_complex()).element_size()
-    return item * plan.bins * geo.out_channels * max(geo.in_channels, batch)
+    return (dtype.to_complex().itemsize * plan.bins * geo.out_channels
+            * max(geo.in_channels, batch))
 
 
 def _as_group(x: torch.Tensor, geo: Geometry) -> torch.Tensor:
@@ -187,12 +188,11 @@ def _new_reads(chunk: _Chunk, held: dict) -> List[int]:
     return sorted({q for _, _, q in chunk.reads} - held.keys())
 
 
-def _filter_slots(buffer: torch.Tensor, geo: Geometry, chunk: _Chunk):
-    """``(i, view)`` per offset ``offsets[i]`` of the chunk: the buffer's taps of its slots
-    ``(offsets[i], rotations)``, ``[R_c, O, C, n_s, n_s]`` (contiguous)."""
+def _filter_slots(buffer: torch.Tensor, geo: Geometry, chunk: _Chunk) -> List[torch.Tensor]:
+    """Per offset ``offsets[i]`` of the chunk, the buffer's taps of its slots
+    ``(offsets[i], rotations)``: a contiguous view ``[R_c, O, C, n_s, n_s]``."""
     block = geo.filter_block(buffer, chunk.scale)
-    return [(i, block[a, chunk.rotations.start:chunk.rotations.stop])
-            for i, a in enumerate(chunk.offsets)]
+    return [block[a, chunk.rotations.start:chunk.rotations.stop] for a in chunk.offsets]
 
 
 class _Reused:
@@ -215,7 +215,7 @@ def _filter_spectra(filters: torch.Tensor, geo: Geometry, plan: _Plan, chunk: _C
     """Per offset ``offsets[i]`` of the chunk, ``Khat[k, bin, c, o]`` of its slots
     ``(offsets[i], rotations[k])``: ``[len(rotations), bins, C, O]`` (in ``buffers``)."""
     spectra = buffers.views(chunk, len(chunk.offsets))
-    for (_, taps), spectrum in zip(_filter_slots(filters, geo, chunk), spectra):
+    for taps, spectrum in zip(_filter_slots(filters, geo, chunk), spectra):
         to_spectrum(taps.to(dtype), (0,), (2, 1), *plan.filter_axes(chunk.scale), out=spectrum)
     return [spectrum.flatten(1, 2) for spectrum in spectra]
 
@@ -268,10 +268,9 @@ def conv_backward(grad_y: torch.Tensor, x: torch.Tensor, filters: torch.Tensor, 
         grad_x5 = x5.new_empty(x5.shape) if need_input else None
         grad_filters = torch.zeros_like(filters) if need_filters else None
         chunks = _chunks(geo, _slice_bytes(geo, plan, batch, dtype))
-        filter_buffers = _Reused(x, geo.num_offsets, chunks, plan,
-                                 (geo.in_channels, geo.out_channels))
-        gradient_buffers = _Reused(x, geo.num_offsets, chunks, plan,
-                                   (geo.in_channels, geo.out_channels)) if need_filters else None
+        filter_buffers, gradient_buffers = (
+            _Reused(x, geo.num_offsets, chunks, plan, (geo.in_channels, geo.out_channels))
+            if need else None for need in (need_input, need_filters))
         output_buffer = _Reused(x, 1, chunks, plan, (batch, geo.out_channels))
         spec_x = {}                         # q -> X[q] (filter gradient), first to last read
         spec_gx = {}                        # q -> conj(DFT(grad_x[:, :, q])), summed over readers
@@ -292,8 +291,8 @@ def conv_backward(grad_y: torch.Tensor, x: torch.Tensor, filters: torch.Tensor, 
                 spec_h = gradient_buffers.views(chunk, len(chunk.offsets))
                 for k, i, q in chunk.reads:
                     torch.bmm(spec_x[q].mT, spec_g[k], out=spec_h[i][k].flatten(0, 1))
-                for i, taps in _filter_slots(grad_filters, geo, chunk):
-                    from_spectrum(spec_h[i], 1, *plan.filter_axes(chunk.scale), (0, 2, 1),
+                for spectrum, taps in zip(spec_h, _filter_slots(grad_filters, geo, chunk)):
+                    from_spectrum(spectrum, 1, *plan.filter_axes(chunk.scale), (0, 2, 1),
                                   out=taps)
             for q in done:
                 spec_x.pop(q, None)
