@@ -16,13 +16,13 @@ input pixel):
 
 * input spectra ``X[q] = DFT(x[:, :, q])`` once per input slice, ``[bins, B, C]`` each;
 * filter spectra ``Khat[t, a] = conj(DFT(g))``, ``g`` the ``n_s x n_s`` taps placed at
-  ``(u + d_s) mod N``, ``[bins, C, O]`` each, from the cropped taps only (two small matmuls);
-* per frequency bin ``Yhat[t] = sum_a X[q(t, a)] @ Khat[t, a]`` (batched complex matmuls over the
-  bins), then ``y[:, :, t]`` = the inverse DFT read at the output rows ``h*st`` only, the bias
+  ``(u + d_s) mod N``, ``[bins, O, C]`` each, from the cropped taps only (two small matmuls);
+* per frequency bin ``Yhat[t] = sum_a X[q(t, a)] @ Khat[t, a]^T`` (batched complex matmuls over
+  the bins), then ``y[:, :, t]`` = the inverse DFT read at the output rows ``h*st`` only, the bias
   folded into the zero frequency;
 * backward with ``Gc[t] = conj(DFT(grad_y[:, :, t] placed at h*st))``: the input gradient's
-  conjugate spectrum ``sum_{(t, a) reading q} Gc[t] @ Khat[t, a]^T``, the filter gradient
-  ``DFT^-1(X[q]^T @ Gc[t])`` read at the ``n_s x n_s`` tap positions (the adjoint of the filter
+  conjugate spectrum ``sum_{(t, a) reading q} Gc[t] @ Khat[t, a]``, the filter gradient
+  ``DFT^-1(Gc[t]^T @ X[q])`` read at the ``n_s x n_s`` tap positions (the adjoint of the filter
   spectrum map, half-spectrum weights included).
 
 All DFTs are small matmuls (:mod:`.transforms`). The output slices are processed in chunks of one
@@ -212,11 +212,12 @@ class _Reused:
 
 def _filter_spectra(filters: torch.Tensor, geo: Geometry, plan: _Plan, chunk: _Chunk,
                     dtype: torch.dtype, buffers: _Reused) -> List[torch.Tensor]:
-    """Per offset ``offsets[i]`` of the chunk, ``Khat[k, bin, c, o]`` of its slots
-    ``(offsets[i], rotations[k])``: ``[len(rotations), bins, C, O]`` (in ``buffers``)."""
+    """Per offset ``offsets[i]`` of the chunk, ``Khat[k, bin, o, c]`` of its slots
+    ``(offsets[i], rotations[k])``: ``[len(rotations), bins, O, C]`` (in ``buffers``; the taps'
+    own ``(O, C)`` order keeps the transform's transposition a plain 2-D one)."""
     spectra = buffers.views(chunk, len(chunk.offsets))
     for taps, spectrum in zip(_filter_slots(filters, geo, chunk), spectra):
-        to_spectrum(taps.to(dtype), (0,), (2, 1), *plan.filter_axes(chunk.scale), out=spectrum)
+        to_spectrum(taps.to(dtype), (0,), (1, 2), *plan.filter_axes(chunk.scale), out=spectrum)
     return [spectrum.flatten(1, 2) for spectrum in spectra]
 
 
@@ -230,7 +231,7 @@ def conv_forward(x: torch.Tensor, filters: torch.Tensor, bias: Optional[torch.Te
         y = x.new_empty(geo.out_shape(x.shape))
         chunks = _chunks(geo, _slice_bytes(geo, plan, batch, x.dtype))
         filter_buffers = _Reused(x, geo.num_offsets, chunks, plan,
-                                 (geo.in_channels, out_channels))
+                                 (out_channels, geo.in_channels))
         output_buffer = _Reused(x, 1, chunks, plan, (batch, out_channels))
         spec_x = {}                         # input slice q -> X[q], first to last read
         for chunk, done in zip(chunks, _last_reads(chunks)):
@@ -240,9 +241,9 @@ def conv_forward(x: torch.Tensor, filters: torch.Tensor, bias: Optional[torch.Te
             spec_y = output_buffer.views(chunk)[0].flatten(1, 2)       # [R_c, bins, B, O]
             for k, i, q in chunk.reads:     # i == 0: the first read of slice k
                 if i == 0:
-                    torch.bmm(spec_x[q], spec_k[i][k], out=spec_y[k])
+                    torch.bmm(spec_x[q], spec_k[i][k].mT, out=spec_y[k])
                 else:
-                    spec_y[k].baddbmm_(spec_x[q], spec_k[i][k])
+                    spec_y[k].baddbmm_(spec_x[q], spec_k[i][k].mT)
             if bias is not None:           # a constant: the zero frequency times N_h * N_w
                 spec_y[:, 0] += bias.to(x.dtype) * (plan.rows * plan.cols)
             from_spectrum(spec_y.view(-1, plan.rows, plan.cols // 2 + 1, batch, out_channels), 1,
@@ -269,7 +270,7 @@ def conv_backward(grad_y: torch.Tensor, x: torch.Tensor, filters: torch.Tensor, 
         grad_filters = torch.zeros_like(filters) if need_filters else None
         chunks = _chunks(geo, _slice_bytes(geo, plan, batch, dtype))
         filter_buffers, gradient_buffers = (
-            _Reused(x, geo.num_offsets, chunks, plan, (geo.in_channels, geo.out_channels))
+            _Reused(x, geo.num_offsets, chunks, plan, (geo.out_channels, geo.in_channels))
             if need else None for need in (need_input, need_filters))
         output_buffer = _Reused(x, 1, chunks, plan, (batch, geo.out_channels))
         spec_x = {}                         # q -> X[q] (filter gradient), first to last read
@@ -283,16 +284,16 @@ def conv_backward(grad_y: torch.Tensor, x: torch.Tensor, filters: torch.Tensor, 
                                               dtype=dtype.to_complex())
             spec_g = to_spectrum(grad_y[:, :, chunk.slices], (2,), (0, 1), *plan.output_axes(),
                                  out=output_buffer.views(chunk)[0]).flatten(1, 2)  # [R_c, bins, B, O]
-            if need_input:                  # conj(DFT(grad_x)) += conj(G) @ Khat^T
+            if need_input:                  # conj(DFT(grad_x)) += conj(G) @ Khat
                 spec_k = _filter_spectra(filters, geo, plan, chunk, dtype, filter_buffers)
                 for k, i, q in chunk.reads:
-                    spec_gx[q].baddbmm_(spec_g[k], spec_k[i][k].mT)
-            if need_filters:                # X^T @ conj(G), back at the tap positions
+                    spec_gx[q].baddbmm_(spec_g[k], spec_k[i][k])
+            if need_filters:                # conj(G)^T @ X, back at the tap positions
                 spec_h = gradient_buffers.views(chunk, len(chunk.offsets))
                 for k, i, q in chunk.reads:
-                    torch.bmm(spec_x[q].mT, spec_g[k], out=spec_h[i][k].flatten(0, 1))
+                    torch.bmm(spec_g[k].mT, spec_x[q], out=spec_h[i][k].flatten(0, 1))
                 for spectrum, taps in zip(spec_h, _filter_slots(grad_filters, geo, chunk)):
-                    from_spectrum(spectrum, 1, *plan.filter_axes(chunk.scale), (0, 2, 1),
+                    from_spectrum(spectrum, 1, *plan.filter_axes(chunk.scale), (0, 1, 2),
                                   out=taps)
             for q in done:
                 spec_x.pop(q, None)
