@@ -1,7 +1,7 @@
 """Prototype timing of the FFT backend (rstfast.fft) against the C++ direct backend on CPU.
 
     python -m benchmarks.fft_prototype_timing [--batches 8,32,128] [--layers 0,1,2,3,4]
-        [--memory] [--stages] [--timing] [--out results.json]
+        [--accuracy] [--memory] [--stages] [--timing] [--threads N] [--out results.json]
     python -m benchmarks.fft_prototype_timing --probe '<json spec>'   # one peak-memory case
 
 Standalone (not part of the pytest-benchmark suite; may be discarded once the backend is wired
@@ -157,6 +157,39 @@ def stages(layers, batches):
     return rows
 
 
+def accuracy(layers, batch: int):
+    """Max |err| / max |ref| of y, grad_x and grad_weight (layer step with autograd: filter
+    expansion and contraction included) of the fft backend in float32 and float64 against the
+    reference in float64, same inputs and output gradient."""
+    import rstfast.fft.functional as fft
+    from rstfast.reference import functional as reference
+    rows = []
+    for case in layers:
+        inputs = cases.layer_inputs(case, batch, "cpu", requires_grad=False)
+        grad_y = None
+        results = {}
+        for name, module, dtype in (("reference", reference, torch.float64),
+                                    ("fft-f32", fft, torch.float32),
+                                    ("fft-f64", fft, torch.float64)):
+            run = dict(inputs)
+            run.update({k: inputs[k].detach().to(dtype).requires_grad_()
+                        for k in ("x", "weight", "bias")})
+            run["basis"] = inputs["basis"].to(dtype)
+            y = cases.run_layer(module, case, run)
+            if grad_y is None:
+                grad_y = torch.randn(y.shape, dtype=torch.float64)
+            y.backward(grad_y.to(dtype))
+            results[name] = [t.detach().double() for t in (y, run["x"].grad, run["weight"].grad)]
+        row = dict(layer=case.name, batch=batch)
+        for name in ("fft-f32", "fft-f64"):
+            for what, a, b in zip(("y", "grad_x", "grad_weight"), results[name],
+                                  results["reference"]):
+                row[f"{name} {what}"] = float((a - b).abs().max() / b.abs().max())
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
 def probe(spec: dict) -> int:
     register_fft()
     from . import memprobe
@@ -193,6 +226,7 @@ def main():
     parser.add_argument("--timing", action="store_true")
     parser.add_argument("--stages", action="store_true")
     parser.add_argument("--memory", action="store_true")
+    parser.add_argument("--accuracy", action="store_true", help="at the first of --batches")
     parser.add_argument("--memory-backends", default="fft,cpp,reference")
     parser.add_argument("--reps", default="2,1", help="repetitions fft,cpp per round")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
@@ -208,6 +242,8 @@ def main():
     batches = [int(b) for b in args.batches.split(",")]
     report = {"machine": measure.machine_info(torch.device("cpu"))}
     print(json.dumps(report["machine"]), flush=True)
+    if args.accuracy:
+        report["accuracy"] = accuracy(layers, batches[0])
     if args.stages:
         report["stages"] = stages(layers, batches)
     if args.memory:

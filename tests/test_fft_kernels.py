@@ -147,9 +147,13 @@ def test_input_layouts(layout):
     grad_y = torch.randn(geo.out_shape(x.shape), dtype=x.dtype)
     strided_grad = torch.randn(*grad_y.shape[:-1], 2 * grad_y.shape[-1], dtype=x.dtype)[..., ::2]
     strided_grad.copy_(grad_y)
-    for a, b in zip(fft.conv_backward(strided_grad, x, filters, geo, True, True),
-                    fft.conv_backward(grad_y, x.contiguous(), filters, geo, True, True)):
+    expected = fft.conv_backward(grad_y, x.contiguous(), filters, geo, True, True)
+    for a, b in zip(fft.conv_backward(strided_grad, x, filters, geo, True, True), expected):
         assert_close_to_max(a, b, 1e-12, f"{layout} with a strided grad_y")
+    ones = torch.ones((), dtype=x.dtype).expand(grad_y.shape)        # as from y.sum().backward()
+    for a, b in zip(fft.conv_backward(ones, x, filters, geo, True, True),
+                    fft.conv_backward(ones.contiguous(), x, filters, geo, True, True)):
+        assert_close_to_max(a, b, 1e-12, f"{layout} with an expanded grad_y")
 
 
 def test_chunks_and_pieces(monkeypatch):
