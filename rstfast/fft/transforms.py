@@ -26,10 +26,7 @@ from typing import Optional, Sequence
 
 import torch
 
-__all__ = ["Axis", "to_spectrum", "from_spectrum", "PIECE_BYTES"]
-
-# Transforms run in pieces of the first lead dim whose intermediates stay below this many bytes.
-PIECE_BYTES = 128 * 2 ** 20
+__all__ = ["Axis", "to_spectrum", "from_spectrum"]
 
 
 @dataclass(frozen=True)
@@ -82,12 +79,6 @@ def _half_inverse(axis: Axis, scale: float, device: torch.device,
         2 * axis.half, axis.count).to(dtype)
 
 
-def _pieces(length: int, bytes_per_index: int):
-    """Ranges ``(start, stop)`` covering ``range(length)``, each below :data:`PIECE_BYTES`."""
-    step = max(1, min(length, PIECE_BYTES // max(1, bytes_per_index)))
-    return [(start, min(length, start + step)) for start in range(0, length, step)]
-
-
 def to_spectrum(z: torch.Tensor, lead: Sequence[int], inner: Sequence[int], rows: Axis,
                 cols: Axis, out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Real ``z [..., rows.count, cols.count]`` -> complex ``[*lead, N_h, N_w//2 + 1, *inner]``
@@ -99,29 +90,22 @@ def to_spectrum(z: torch.Tensor, lead: Sequence[int], inner: Sequence[int], rows
     spatial = z.dim() - 2
     lead_sizes = [z.shape[d] for d in lead]
     inner_sizes = [z.shape[d] for d in inner]
-    n_lead = math.prod(lead_sizes)
     if out is None:
         out = z.new_empty((*lead_sizes, rows.size, cols.half, *inner_sizes),
                           dtype=z.dtype.to_complex())
-    flat_out = out.view(n_lead, rows.size, -1)
-    cols_matrix = _half_forward(cols, z.device, z.dtype)                      # [w, (k_w, 2)]
-    rows_matrix = _phases(rows, rows.size, z.device, z.dtype.to_complex())    # [k_h, h]
-    per_index = out.numel() // lead_sizes[0] * out.element_size() * 2
-    for start, stop in _pieces(lead_sizes[0], per_index):
-        piece = z.narrow(lead[0], start, stop - start)
-        half = torch.mm(piece.reshape(-1, cols.count), cols_matrix)           # one GEMM
-        half = torch.view_as_complex(half.view(*piece.shape[:-1], cols.half, 2))
-        half = half.permute(*lead, spatial, spatial + 1, *inner).contiguous()  # [*lead, h, k_w, *inner]
-        rows_per_piece = n_lead // lead_sizes[0]
-        torch.matmul(rows_matrix, half.view(-1, rows.count, flat_out.shape[-1]),
-                     out=flat_out[start * rows_per_piece:stop * rows_per_piece])
+    half = torch.mm(z.reshape(-1, cols.count), _half_forward(cols, z.device, z.dtype))
+    half = torch.view_as_complex(half.view(*z.shape[:-1], cols.half, 2))
+    half = half.permute(*lead, spatial, spatial + 1, *inner).contiguous()  # [*lead, h, k_w, *inner]
+    n_lead = math.prod(lead_sizes)
+    torch.matmul(_phases(rows, rows.size, z.device, z.dtype.to_complex()),   # [k_h, h]
+                 half.view(n_lead, rows.count, -1), out=out.view(n_lead, rows.size, -1))
     return out
 
 
 def from_spectrum(spec: torch.Tensor, n_lead: int, rows: Axis, cols: Axis,
                   order: Sequence[int], out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Complex ``spec [*L, N_h, N_w//2 + 1, *I]`` (``n_lead`` dims ``L``) -> real
-    ``[*(other dims in order), rows.count, cols.count]`` (written into ``out``, any strides and
+    ``[*(other dims in order), rows.count, cols.count]`` (copied into ``out``, any strides and
     real dtype, when given).
 
     ``z[h, w] = Re(sum_{k_h, k_w} weight_{k_w} * spec[k_h, k_w] * phase_rows[k_h, h] *
@@ -130,22 +114,12 @@ def from_spectrum(spec: torch.Tensor, n_lead: int, rows: Axis, cols: Axis,
     ``spec`` as ``L`` then ``I`` (0-based, the spatial dims skipped).
     """
     lead_sizes, inner_sizes = spec.shape[:n_lead], spec.shape[n_lead + 2:]
-    other_sizes = (*lead_sizes, *inner_sizes)
     dims = [d if d < n_lead else d + 2 for d in order]                       # dims of spec
-    if out is None:
-        out = spec.new_empty((*(other_sizes[d] for d in order), rows.count, cols.count),
-                             dtype=spec.real.dtype)
     rows_matrix = _phases(rows, rows.size, spec.device, spec.dtype).t()        # [h, k_h]
+    half = torch.matmul(rows_matrix, spec.reshape(math.prod(lead_sizes), rows.size, -1))
+    half = half.view(*lead_sizes, rows.count, cols.half, *inner_sizes)
+    half = half.permute(*dims, n_lead, n_lead + 1).contiguous()                # [..., h, k_w]
     cols_matrix = _half_inverse(cols, 1.0 / (rows.size * cols.size), spec.device,
                                 spec.real.dtype)                               # [(k_w, 2), w]
-    at = list(order).index(0)                                                  # dim 0 in out
-    per_index = spec.numel() // lead_sizes[0] * spec.element_size() * 2
-    for start, stop in _pieces(lead_sizes[0], per_index):
-        piece = spec.narrow(0, start, stop - start)
-        flat = piece.reshape(-1, rows.size, cols.half * math.prod(inner_sizes))
-        half = torch.matmul(rows_matrix, flat).view(*piece.shape[:n_lead], rows.count, cols.half,
-                                                    *inner_sizes)
-        half = half.permute(*dims, n_lead, n_lead + 1).contiguous()            # [..., h, k_w]
-        real = torch.matmul(torch.view_as_real(half).flatten(-2), cols_matrix)
-        out.narrow(at, start, stop - start).copy_(real)
-    return out
+    real = torch.matmul(torch.view_as_real(half).flatten(-2), cols_matrix)
+    return real if out is None else out.copy_(real)
