@@ -27,11 +27,13 @@ input pixel):
 
 All DFTs are small matmuls (:mod:`.transforms`). The output slices are processed in chunks of one
 scale and consecutive rotations, as many as keep each of the chunk's spectra (one offset's filter
-spectra, the output spectra) within :data:`CHUNK_BYTES` (at least one slice per chunk). An input slice's spectrum is computed at its first read and dropped after its last, and
-its gradient's spectrum is summed from the first reader to the last and then transformed back:
-with ``scale_size = 1`` only the ``R`` input slices of the current scale are held (about 1.6x
-their size in x for the paper layers, each spectrum). Autocast is off inside; results have x's
-dtype. Complex matmuls run on ``torch.bmm`` (cuBLAS / MKL; no TF32 unless the caller enables it).
+spectra, the output spectra) within :data:`CHUNK_BYTES` (at least one slice per chunk); the
+chunk buffers are allocated once per call. An input slice's spectrum is computed at its first
+read and dropped after its last, and its gradient's spectrum is summed from the first reader to
+the last and then transformed back: with ``scale_size = 1`` only the ``R`` input slices of the
+current scale are held (about 1.6x their size in x for the paper layers, each spectrum).
+Autocast is off inside; results have x's dtype. Complex matmuls run on ``torch.bmm`` (MKL /
+cuBLAS; on CUDA no TF32 unless the caller enables it for matmuls).
 """
 from __future__ import annotations
 
@@ -283,7 +285,8 @@ def conv_backward(grad_y: torch.Tensor, x: torch.Tensor, filters: torch.Tensor, 
                     spec_gx[q] = x5.new_zeros(plan.bins, batch, geo.in_channels,
                                               dtype=dtype.to_complex())
             spec_g = to_spectrum(grad_y[:, :, chunk.slices], (2,), (0, 1), *plan.output_axes(),
-                                 out=output_buffer.views(chunk)[0]).flatten(1, 2)  # [R_c, bins, B, O]
+                                 out=output_buffer.views(chunk)[0]).flatten(1, 2)
+            # spec_g [R_c, bins, B, O]; spec_x and spec_gx hold the same slices when both exist
             if need_input:                  # conj(DFT(grad_x)) += conj(G) @ Khat
                 spec_k = _filter_spectra(filters, geo, plan, chunk, dtype, filter_buffers)
                 for k, i, q in chunk.reads:
