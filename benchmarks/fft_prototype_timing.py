@@ -10,7 +10,7 @@ shared: compare ratios, read the load average printed with each row); the layer 
 ``benchmarks.cases.layer_run`` (filter expansion, convolution, and for forward+backward the
 gradients of x, the coefficients and the bias). Peak memory is measured per case in a fresh
 process with ``benchmarks.measure.PeakMemory``. ``--stages`` times the stages of the kernels
-(exclusive wall time of the transform helpers; the rest is the per-bin products and glue).
+(wall time of the transform helpers; the rest is the per-bin products and glue).
 """
 from __future__ import annotations
 
@@ -85,7 +85,8 @@ def timing(layers, batches, reps_fft: int, reps_cpp: int):
 
 @contextlib.contextmanager
 def stage_timer():
-    """Exclusive wall time per kernel stage while the block runs (outermost helper wins)."""
+    """Wall time per kernel stage while the block runs (a helper called inside another counts
+    for the outer one; "products + glue" is the rest)."""
     import rstfast.fft as kernels
     totals = collections.defaultdict(float)
     depth = [0]
