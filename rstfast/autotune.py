@@ -88,6 +88,9 @@ def clear() -> None:
     _decisions.clear()
 
 
+backends.CLEAR_HOOKS.append(clear)
+
+
 def _algorithm(name: str) -> str:
     backend = backends.get(name)
     if backend.kind == "functional":

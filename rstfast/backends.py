@@ -63,14 +63,15 @@ _add(Backend("reference", "rstfast.reference.functional", "functional", ()))
 _add(Backend("triton", "rstfast.kernels", "kernels", ("cuda", "reference"), ("cuda", "cpu")))
 _add(Backend("cpp", "rstfast.csrc", "kernels", ("reference",), ("cpu",)))
 _add(Backend("cuda", "rstfast.csrc", "kernels", ("triton", "reference"), ("cuda",)))
+_add(Backend("fft", "rstfast.fft", "kernels", ("reference",), ("cpu", "cuda")))
 _BUILT_IN = frozenset(_BACKENDS)
 
-# What "auto" tries, per device type. On CPU the C++ extension is 1.7-4.5x faster than the
-# original and the reference for whole training steps of the paper models (batch 8,
-# benchmarks/results/cpu_report.md). RSTFAST_AUTO_CPU overrides the CPU order.
+# What "auto" chooses from, per device type, fastest first by the cost model (rstfast.autotune
+# times them per layer shape; resolve() gives the first that runs). RSTFAST_AUTO_CPU overrides
+# the CPU order.
 AUTO_ORDER: Dict[str, Tuple[str, ...]] = {
-    "cuda": ("triton", "cuda", "reference"),
-    "cpu": ("cpp", "reference"),
+    "cuda": ("triton", "cuda", "fft", "reference"),
+    "cpu": ("fft", "cpp", "reference"),
 }
 
 
@@ -296,8 +297,15 @@ def used(model: torch.nn.Module) -> Dict[str, str]:
     return {kind: "+".join(sorted(found)) for kind, found in sorted(seen.items())}
 
 
+# Caches built on resolutions (rstfast.autotune's decisions) register here to be cleared too.
+CLEAR_HOOKS = []
+
+
 def clear_cache() -> None:
-    """Forget loaded and resolved backends and emitted warnings (tests; after installing one)."""
+    """Forget loaded and resolved backends, auto decisions and emitted warnings (tests; after
+    installing or registering a backend)."""
     _loaded.clear()
     _resolved.clear()
     _warned.clear()
+    for hook in CLEAR_HOOKS:
+        hook()

@@ -27,7 +27,7 @@ def _register_extra_backends() -> None:
 
 _register_extra_backends()
 # Backends that must run on this machine in CI (a skip there would hide a broken build).
-REQUIRED_IN_CI = {"cpu": ("reference", "cpp"), "cuda": ("reference", "triton", "cuda")}
+REQUIRED_IN_CI = {"cpu": ("reference", "cpp", "fft"), "cuda": ("reference", "triton", "cuda", "fft")}
 BACKENDS = tuple(name for name in backends.names() if name != "auto")
 
 

@@ -240,7 +240,9 @@ def test_autocast_bfloat16(backend):
     the float64 result on the rounded input: filter (and, backwards, grad_y) rounded to bfloat16
     at most once, float32 accumulation, one rounding on store; gradients of float32 parameters are
     float32. The bound (elementwise): ``u |y_ref| + u conv(|x|, |w| @ |basis|)`` plus the float32
-    sum allowance, and the analogous terms for the gradients."""
+    sum allowance, and the analogous terms for the gradients, plus the float32 contract tolerance
+    ``TOLERANCE[float32] * max|ref|``: a backend computing in float32 in the frequency domain
+    (fft) spreads its float32 rounding over every element, not in proportion to each one."""
     x, weight, bias, basis, geo = make_case(CASES["group-C-R4S3-Lr2Ls2-s2"], torch.float32)
     x16 = x.to(torch.bfloat16)
     with torch.autocast(torch.device(DEVICE).type, dtype=torch.bfloat16):
@@ -264,6 +266,7 @@ def test_autocast_bfloat16(backend):
         "grad_bias": (BF16_UNIT + FLOAT32_SUM) * grads_abs[2],
     }
     for (name, bound), a, b in zip(bounds.items(), [y] + grads, [y_ref] + grads_ref):
+        bound = bound + TOLERANCE[torch.float32] * b.abs().max()
         excess = (a.double() - b).abs() - bound
         assert excess.max() <= 0, f"{name}: error exceeds the bfloat16 bound by {excess.max():.3e}"
 

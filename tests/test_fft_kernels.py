@@ -1,9 +1,12 @@
-"""FFT backend kernels (rstfast.fft) against the float64 reference.
+"""FFT-specific behaviour of the ``fft`` backend (rstfast.fft): input and gradient layouts,
+chunking, the minimal alias-free transform size, zero gradients of unread slots, the filter
+spectrum's adjoint. Its numbers (forward and every gradient over the case matrix, gradcheck,
+golden files, autocast, compile, opcheck) are checked with every other backend's in
+``test_backend_contract.py``.
 
 Kernel level: ``conv_forward`` / ``conv_backward`` on the filter buffer of
 ``rstfast.filters.expand``; the filter gradient is compared as the coefficient gradient
 (``rstfast.filters.contract``) with autograd through ``rstfast.reference.functional`` in float64.
-CUDA cases run where a GPU is visible (TF32 off).
 """
 import math
 
@@ -11,16 +14,14 @@ import pytest
 import torch
 
 import rstfast.fft as fft
-from conftest import assert_close_to_max, load_golden
+from conftest import assert_close_to_max
 from rstfast import filters as filter_buffer
-from rstfast.fft import functional as fft_functional
 from rstfast.fft import transforms
 from rstfast.geometry import basis_support, group_geometry, lifting_geometry
 from rstfast.reference import functional as ref
 from rstfast.reference.bases import steerable_basis
 
 TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-10}
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 # Nested per-scale supports at K = 7 (3, 5, 7); D1 needs K = 9.
 _SCALES = {1: [2.0], 3: [1.0, 1.4, 2.0], 4: [1.0, 1.26, 1.59, 2.0]}
@@ -114,20 +115,6 @@ def _no_tf32():
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
     else:
         yield
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
-@pytest.mark.parametrize("case", GROUP_CASES.values(), ids=GROUP_CASES.keys())
-def test_group_conv_matches_reference(case, dtype, device):
-    check(*make_problem(case, lifting=False, device=device), dtype)
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
-@pytest.mark.parametrize("case", LIFT_CASES.values(), ids=LIFT_CASES.keys())
-def test_lift_conv_matches_reference(case, dtype, device):
-    check(*make_problem(case, lifting=True, device=device), dtype)
 
 
 @pytest.mark.parametrize("layout", ["channels_last", "sliced", "transposed"])
@@ -234,19 +221,6 @@ def test_filter_spectrum_adjoint():
     assert torch.allclose(lhs, rhs, rtol=1e-12, atol=0)
 
 
-def test_gradcheck_float64():
-    x, weight, bias, basis, geo = make_problem(("E", 2, 3, 2, 2, 2, 2, 6, 5, 2, 2, 2), False)
-    filters = filter_buffer.expand(weight, basis, geo)
-    inputs = [t.detach().requires_grad_() for t in (x, filters, bias)]
-    assert torch.autograd.gradcheck(lambda *a: fft_functional.conv(*a, geo), inputs,
-                                    fast_mode=True)
-    x, weight, bias, basis, geo = make_problem(("C", 1, 3, 1, 1, 1, 1, 6, 7, 1, 2, 2), True)
-    filters = filter_buffer.expand(weight, basis, geo)
-    inputs = [t.detach().requires_grad_() for t in (x, filters, bias)]
-    assert torch.autograd.gradcheck(lambda *a: fft_functional.conv(*a, geo), inputs,
-                                    fast_mode=True)
-
-
 def test_autocast_is_off_inside():
     x, weight, bias, basis, geo = make_problem(GROUP_CASES["E-R4S1-Lr2-s2-p1-wide"], False)
     x, filters = x.float(), filter_buffer.expand(weight.float(), basis, geo)
@@ -262,29 +236,3 @@ def test_unavailable_reason():
     if not torch.cuda.is_available():
         assert "CUDA" in fft.unavailable_reason(torch.device("cuda"))
     assert fft.DTYPES["cpu"] == (torch.float32, torch.float64)
-
-
-@pytest.mark.parametrize("name", ["layer_lift_E_rot8", "layer_group_E_rot8_Lr4_Ls1",
-                                  "layer_group_G_rot1_Lr1_Ls1", "layer_group_G_rot1_Lr1_Ls2",
-                                  "layer_group_C_rot4_Lr2_Ls1",
-                                  "layer_group_E_rot4_Lr2_Ls2_stride2_pad5"])
-def test_golden_layers(name):
-    """The original's float64 outputs and gradients from float32 inputs, K = 15."""
-    arrays, meta = load_golden(name + ".npz")
-    args = meta["args"]
-    basis, rotations = arrays["basis"], len(args["rotations"])
-    support = basis_support(basis, rotations)
-    x, weight, bias = (arrays[k].clone().requires_grad_() for k in ("x", "weight", "bias"))
-    if x.dim() == 4:
-        y = fft_functional.lift_conv(x, weight, basis, bias, args["stride"], args["padding"],
-                                     support)
-    else:
-        y = fft_functional.group_conv(x, weight, basis, bias, rotations, args["rotation_size"],
-                                      args["scale_size"], args["stride"], args["padding"],
-                                      support)
-    assert y.dtype == torch.float32
-    assert_close_to_max(y, arrays["y_f64"], 1e-5, f"{name} y")
-    y.backward(arrays["grad_seed"])
-    assert_close_to_max(x.grad, arrays["grad_x_f64"], 1e-5, f"{name} grad_x")
-    assert_close_to_max(weight.grad, arrays["grad_weight_f64"], 1e-5, f"{name} grad_weight")
-    assert_close_to_max(bias.grad, arrays["grad_bias"], 1e-5, f"{name} grad_bias")

@@ -50,6 +50,7 @@ __all__ = ["DTYPES", "CHUNK_BYTES", "unavailable_reason", "conv_forward", "conv_
            "transform_size"]
 
 DTYPES = {"cpu": (torch.float32, torch.float64), "cuda": (torch.float32, torch.float64)}
+ALGORITHM = "fft"                # for the cost model of rstfast.autotune
 
 # Largest spectrum tensor of a chunk of output slices: one offset's filter spectra (or their
 # gradient) or the output (gradient) spectra, unless one slice needs more. glibc serves blocks up
