@@ -58,12 +58,25 @@ at::Tensor block_by_slot(const at::Tensor& filters, const Geometry& g, int64_t s
       .view({slots, g.out_channels, g.in_channels * n * n});
 }
 
-// The job's conv2d weight [O * pairs, C, n, n] (output channel o * pairs + k): the pairs' slots
-// gathered, then o moved first.
+// The job's conv2d weight [O * pairs, C, n, n] (output channel o * pairs + k): each pair's slot
+// [O, C*n*n] copied once into its place.
 at::Tensor job_filter(const at::Tensor& filters, const Geometry& g, const Job& job) {
   const int64_t n = g.support[job.scale], pairs = job.slots.size();
-  return block_by_slot(filters, g, job.scale).index_select(0, index_tensor(job.slots))
-      .transpose(0, 1).reshape({g.out_channels * pairs, g.in_channels, n, n});
+  const at::Tensor block = block_by_slot(filters, g, job.scale);
+  at::Tensor filter = at::empty({g.out_channels, pairs, block.size(2)}, filters.options());
+  for (int64_t k = 0; k < pairs; ++k) filter.select(1, k).copy_(block[job.slots[k]]);
+  return filter.view({g.out_channels * pairs, g.in_channels, n, n});
+}
+
+// Zero the slots (a, r) no output reads through (s + j >= S): the kernels write all others.
+void zero_unread_slots(at::Tensor& grad_filters, const Geometry& g) {
+  for (int64_t t = 0; t < g.group_size(); ++t) {
+    for (int64_t a = 0; a < g.offsets(); ++a) {
+      if (g.input_slice(t, a) >= 0) continue;
+      block_by_slot(grad_filters, g, g.scale_of(t))[a * g.num_rotations + g.rotation_of(t)]
+          .zero_();
+    }
+  }
 }
 
 // True when every output slice is produced by exactly one pair of one job (the lifting layer):
@@ -146,7 +159,8 @@ std::tuple<at::Tensor, at::Tensor> conv_backward_cpu(const at::Tensor& grad_y, c
   const bool need_x = output_mask[0], need_filters = output_mask[1];
   const at::Tensor x5 = g.lifting ? x.unsqueeze(2) : x;
   at::Tensor grad_x = need_x ? at::zeros(x5.sizes(), x.options()) : at::empty({0}, x.options());
-  at::Tensor grad_filters = need_filters ? at::zeros_like(filters) : at::empty({0}, x.options());
+  at::Tensor grad_filters = need_filters ? at::empty_like(filters) : at::empty({0}, x.options());
+  if (need_filters) zero_unread_slots(grad_filters, g);
   const int64_t batch = x.size(0), out_h = grad_y.size(3), out_w = grad_y.size(4);
   const at::Tensor gy = grad_y.to(x.scalar_type()).contiguous();
   for (const Job& job : make_jobs(g)) {
@@ -159,9 +173,9 @@ std::tuple<at::Tensor, at::Tensor> conv_backward_cpu(const at::Tensor& grad_y, c
         {g.stride, g.stride}, {pad, pad}, {1, 1}, false, {0, 0}, 1, {need_x, need_filters, false});
     if (need_x) job_input(grad_x, g, job).first.add_(grad_input);
     if (need_filters) {
-      block_by_slot(grad_filters, g, job.scale)
-          .index_copy_(0, index_tensor(job.slots),
-                       grad_filter.view({g.out_channels, pairs, -1}).transpose(0, 1));
+      const at::Tensor block = block_by_slot(grad_filters, g, job.scale);
+      const at::Tensor per_pair = grad_filter.view({g.out_channels, pairs, -1});
+      for (int64_t k = 0; k < pairs; ++k) block[job.slots[k]].copy_(per_pair.select(1, k));
     }
   }
   // An op output must not be a view: the lifting gradient is copied out of its 5-D buffer.
