@@ -46,7 +46,7 @@ THROUGHPUT: Dict[Tuple[str, str], float] = {
 # Candidates predicted more than this many times slower than the best prediction are not timed.
 PRUNE = 4.0
 # Timed calls per candidate after one warm-up call (the minimum counts).
-ROUNDS = 2
+ROUNDS = 1
 
 
 @dataclass
