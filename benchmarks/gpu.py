@@ -139,7 +139,7 @@ def train_rows(model_name: str, method: Method, batch: int, device, repeats: int
              "gflops_per_s_nonzero": flops()["nonzero"] / stats["median"] / 1e9}]
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda")
@@ -148,7 +148,11 @@ def main(argv=None) -> int:
     parser.add_argument("--tiny", action="store_true",
                         help="a few channels, 8x8 layers, batch 1, no training steps (dry run)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "gpu.json"))
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     device = torch.device(args.device)
     batch, repeats = (1, 1) if args.tiny else (args.batch, args.repeats)
     torch.backends.cuda.matmul.allow_tf32 = False

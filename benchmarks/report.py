@@ -235,8 +235,9 @@ def write_report(json_paths: List[Path], name: Optional[str] = None,
     return written
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.report",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("json", type=Path, nargs="+",
                         help="pytest-benchmark JSON files of this suite (--benchmark-json)")
     parser.add_argument("--name", default=None,
@@ -244,7 +245,11 @@ def main(argv=None) -> None:
     parser.add_argument("--device", default=None, help="only this device type (cpu / cuda)")
     parser.add_argument("--note", action="append", default=[],
                         help="a line for the report's notes (repeatable)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
     for path in write_report(args.json, args.name, args.device, args.note):
         print(path)
 

@@ -142,13 +142,18 @@ def plot(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.scaling",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--mode", choices=("forward", "forward+backward"), default="forward")
     parser.add_argument("--quick", action="store_true", help="tiny sweep (smoke test)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="output folder")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
     result = run(args.device, args.mode == "forward+backward", QUICK if args.quick else FULL)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"scaling_{args.device}" + ("_quick" if args.quick else "")

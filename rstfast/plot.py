@@ -111,12 +111,16 @@ def plot_run(results_path, metrics_path) -> List[Path]:
             plot_curves([metrics_path], curves)]
 
 
-def _main(argv=None) -> int:
+def build_parser() -> Parser:
     p = Parser(prog="python -m rstfast.plot", description=__doc__.split("\n\n")[0])
     p.add_argument("results", help="results.yml written by rstfast-train")
     p.add_argument("--metrics", nargs="*", default=[], help="metrics JSON files for training curves")
     p.add_argument("--out", default=None, help="accuracy PNG (default: <results>.png)")
-    args = p.parse_args(argv)
+    return p
+
+
+def _main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     print(plot_accuracy(args.results, args.out or Path(args.results).with_suffix(".png")))
     if args.metrics:
         print(plot_curves(args.metrics, Path(args.metrics[0]).with_suffix(".curves.png")))

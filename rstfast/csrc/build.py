@@ -121,12 +121,15 @@ def ensure_built(cuda: bool = False) -> Optional[str]:
         return reason
 
 
+def build_parser():
+    import argparse
+    return argparse.ArgumentParser(prog="python -m rstfast.csrc.build", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Build ahead of time; print each extension's state; exit status 1 if the CPU build failed."""
-    import argparse
-    parser = argparse.ArgumentParser(prog="python -m rstfast.csrc.build", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.parse_args(argv)
+    build_parser().parse_args(argv)
     cpu_reason = ensure_built(cuda=False)
     names = ["rstfast_cpu"] + (["rstfast_cuda"] if cuda_wanted() else [])
     cuda_reason = ensure_built(cuda=True) if cuda_wanted() else None
