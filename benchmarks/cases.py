@@ -197,6 +197,31 @@ def train_run(model_name: str, layer_backend: str, batch: int, device):
     return step, lambda: optimizer.zero_grad(set_to_none=True), lambda: counter.totals(backward=True)
 
 
+# Eval-mode forward under no_grad: the layers' filter cache on (the default) and off.
+INFERENCE_MODES = ("inference", "inference, no filter cache")
+
+
+def inference_run(model_name: str, layer_backend: str, batch: int, device, mode: str):
+    """``(step, setup, flops)`` of one eval-mode forward under ``torch.no_grad`` on random 28x28
+    images; ``mode`` one of :data:`INFERENCE_MODES` (``cache_filters`` on or off on every layer:
+    off rebuilds the filters every call, as a training forward does)."""
+    from rstfast import models
+    if mode not in INFERENCE_MODES:
+        raise ValueError(f"mode: expected one of {INFERENCE_MODES}, got {mode!r}")
+    model = models.get(model_name, backend=layer_backend).to(device).eval()
+    for module in model.modules():
+        if hasattr(module, "cache_filters"):
+            module.cache_filters = mode == INFERENCE_MODES[0]
+    images = torch.randn(batch, 1, 28, 28, device=device)
+    counter = FlopCounter(model)
+
+    def step():
+        with torch.no_grad():
+            model(images)
+
+    return step, lambda: None, lambda: counter.totals(backward=False)
+
+
 def case_spec(case: LayerCase) -> dict:
     """JSON-able form of a case (for the memory probe subprocess)."""
     return asdict(case)

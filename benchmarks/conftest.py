@@ -78,6 +78,12 @@ def pytest_generate_tests(metafunc):
                   for m in LAYER_MODES for b in settings["backends"]]
         metafunc.parametrize("device,layer_case,mode,backend", params,
                              ids=[f"{d}-{c.name}-{m}-{b}".replace(" ", "_") for d, c, m, b in params])
+    elif "inference_mode" in metafunc.fixturenames:
+        params = [(d, n, m, b) for d in settings["devices"] for n in settings["models"]
+                  for m in cases.INFERENCE_MODES for b in settings["backends"]]
+        metafunc.parametrize("device,model_name,inference_mode,backend", params,
+                             ids=[f"{d}-{n}-{m}-{b}".replace(" ", "_").replace(",", "")
+                                  for d, n, m, b in params])
     elif "model_name" in metafunc.fixturenames:
         params = [(d, n, b) for d in settings["devices"] for n in settings["models"]
                   for b in settings["backends"]]

@@ -3,7 +3,8 @@
     python -m benchmarks.memprobe '<json spec>'   # prints {"peak_memory_bytes": N}
 
 Spec: ``{"kind": "layer", "case": {...}, "mode": "forward" | "forward+backward", "backend", "batch"}``
-or ``{"kind": "train step", "model": name, "backend", "batch"}``. After imports, inputs and the
+or ``{"kind": "train step", "model": name, "backend", "batch"}`` or ``{"kind": "inference", "model",
+"mode": one of cases.INFERENCE_MODES, "backend", "batch"}``. After imports, inputs and the
 model are built, the peak resident set is reset; one step runs; the answer is the peak above that
 start (:class:`benchmarks.measure.PeakMemory`). A fresh process per case keeps memory that earlier
 cases left cached in the allocator out of the count, and keeps the ``mallopt`` settings the
@@ -36,6 +37,9 @@ def probe(spec: dict) -> Optional[int]:
         step, setup, _ = cases.layer_run(cases.case_from_spec(spec["case"]), spec["backend"],
                                          spec["batch"], "cpu",
                                          spec["mode"] == "forward+backward")
+    elif spec["kind"] == "inference":
+        step, setup, _ = cases.inference_run(spec["model"], spec["backend"], spec["batch"], "cpu",
+                                             spec["mode"])
     else:
         step, setup, _ = cases.train_run(spec["model"], spec["backend"], spec["batch"], "cpu")
     setup()

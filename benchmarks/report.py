@@ -3,8 +3,8 @@
     python -m benchmarks.report benchmarks/results/cpu.json   # -> cpu_report.md, cpu_report.png
     python -m benchmarks.report a.json b.json --name cpu        # several runs -> cpu_report.*
 
-Speed-ups are ``median time of X / median time of the backend`` for X = reference and X = original,
-both measured in the same run (> 1: faster than X); memory ratios are ``peak / peak of X``.
+Speed-ups are ``median time of X / median time of the backend`` for X = reference, original and
+cpp, all measured in the same run (> 1: faster than X); memory ratios are ``peak / peak of X``.
 """
 from __future__ import annotations
 
@@ -17,8 +17,11 @@ from typing import List, Optional
 
 from . import cases
 
-MODES = ("forward", "forward+backward", "train step")
-BASELINES = ("reference", "original")
+MODES = ("forward", "forward+backward", "train step") + cases.INFERENCE_MODES
+TITLES = {"train step": "Training step (forward, loss, backward, Adam step)",
+          "inference": "Inference (eval, no_grad, filters cached per weight version)",
+          "inference, no filter cache": "Inference with the filter cache off (filters rebuilt every call)"}
+BASELINES = ("reference", "original", "cpp")
 
 
 def add_ratios(benchmarks: List[dict]) -> None:
@@ -27,10 +30,11 @@ def add_ratios(benchmarks: List[dict]) -> None:
     for entry in benchmarks:
         info = entry["extra_info"]
         if "time_median_s" in info:
-            by_key[(info["device"], info["case"], info["mode"], info["backend"])] = info
-    for (device, case, mode, _), info in by_key.items():
+            by_key[(info["device"], info["case"], info.get("batch"), info["mode"],
+                    info["backend"])] = info
+    for (device, case, batch, mode, _), info in by_key.items():
         for baseline in BASELINES:
-            base = by_key.get((device, case, mode, baseline))
+            base = by_key.get((device, case, batch, mode, baseline))
             info[f"speedup_vs_{baseline}"] = (base["time_median_s"] / info["time_median_s"]
                                               if base else None)
             memory_ok = base and base["peak_memory_bytes"] and info["peak_memory_bytes"] is not None
@@ -41,14 +45,13 @@ def add_ratios(benchmarks: List[dict]) -> None:
 def _rows(data: dict) -> List[dict]:
     rows = [entry["extra_info"] for entry in data["benchmarks"]
             if "time_median_s" in entry["extra_info"]]
-    if rows and "speedup_vs_reference" not in rows[0]:
-        add_ratios(data["benchmarks"])
+    add_ratios(data["benchmarks"])      # also for files written before a baseline was added
     order = {name: i for i, name in enumerate(cases.backend_names())}
     seen_cases = {}
     for row in rows:
         seen_cases.setdefault((row["device"], row["case"]), len(seen_cases))
     return sorted(rows, key=lambda r: (r["device"], MODES.index(r["mode"]),
-                                       seen_cases[(r["device"], r["case"])],
+                                       seen_cases[(r["device"], r["case"])], r.get("batch") or 0,
                                        order.get(r["backend"], 99)))
 
 
@@ -109,8 +112,9 @@ def _header(data: dict, device: str) -> List[str]:
 
 def _mode_table(rows: List[dict]) -> List[str]:
     lines = ["| case | B | backend | median ms | IQR ms | n | peak MiB | GFLOP dense / non-zero | "
-             "GFLOP/s dense / non-zero | × vs reference | × vs original | mem vs original |",
-             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "GFLOP/s dense / non-zero | × vs reference | × vs original | × vs cpp | "
+             "mem vs original | mem vs reference |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         peak = r["peak_memory_bytes"] / 2 ** 20 if r["peak_memory_bytes"] is not None else None
         lines.append(
@@ -119,13 +123,14 @@ def _mode_table(rows: List[dict]) -> List[str]:
             f"{_fmt(r['flops_dense'] / 1e9, 1)} / {_fmt(r['flops_nonzero'] / 1e9, 1)} | "
             f"{_fmt(r['gflops_per_s_dense'], 1)} / {_fmt(r['gflops_per_s_nonzero'], 1)} | "
             f"{_fmt(r['speedup_vs_reference'])} | {_fmt(r['speedup_vs_original'])} | "
-            f"{_fmt(r['memory_vs_original'])} |")
+            f"{_fmt(r['speedup_vs_cpp'])} | {_fmt(r['memory_vs_original'])} | "
+            f"{_fmt(r['memory_vs_reference'])} |")
     return lines
 
 
 def _summary(rows: List[dict]) -> List[str]:
     lines = ["| mode | backend | cases | geo-mean × vs reference | geo-mean × vs original | "
-             "geo-mean memory vs original |", "|---|---|---:|---:|---:|---:|"]
+             "geo-mean × vs cpp | geo-mean memory vs original |", "|---|---|---:|---:|---:|---:|---:|"]
     groups = defaultdict(list)
     for r in rows:
         groups[(r["mode"], r["backend"])].append(r)
@@ -133,8 +138,26 @@ def _summary(rows: List[dict]) -> List[str]:
         lines.append(f"| {mode} | {backend} | {len(group)} | "
                      f"{_fmt(_geomean([r['speedup_vs_reference'] for r in group]))} | "
                      f"{_fmt(_geomean([r['speedup_vs_original'] for r in group]))} | "
+                     f"{_fmt(_geomean([r['speedup_vs_cpp'] for r in group]))} | "
                      f"{_fmt(_geomean([r['memory_vs_original'] for r in group]))} |")
     return lines
+
+
+def _cache_table(rows: List[dict]) -> List[str]:
+    """Inference time with the filter cache off / on, per model, batch and backend."""
+    cached, uncached = cases.INFERENCE_MODES
+    times = {(r["case"], r["batch"], r["backend"], r["mode"]): r["time_median_s"] for r in rows}
+    pairs = [(case, batch, backend) for case, batch, backend, mode in times if mode == cached
+             and (case, batch, backend, uncached) in times]
+    if not pairs:
+        return []
+    lines = ["## Filter cache speed-up (inference)", "",
+             "| model | B | backend | filters rebuilt ms | cached ms | speed-up |", "|---|---:|---|---:|---:|---:|"]
+    for case, batch, backend in pairs:
+        on, off = times[(case, batch, backend, cached)], times[(case, batch, backend, uncached)]
+        lines.append(f"| {case} | {batch} | {backend} | {_fmt(off, 1, 1e3)} | {_fmt(on, 1, 1e3)} | "
+                     f"{_fmt(off / on)} |")
+    return lines + [""]
 
 
 def markdown(data: dict, device: str, png_name: Optional[str], notes: List[str] = ()) -> str:
@@ -148,9 +171,8 @@ def markdown(data: dict, device: str, png_name: Optional[str], notes: List[str] 
     for mode in MODES:
         mode_rows = [r for r in rows if r["mode"] == mode]
         if mode_rows:
-            title = "Training step (forward, loss, backward, Adam step)" if mode == "train step" \
-                else f"Per layer — {mode}"
-            lines += [f"## {title}", ""] + _mode_table(mode_rows) + [""]
+            lines += [f"## {TITLES.get(mode, f'Per layer — {mode}')}", ""] + _mode_table(mode_rows) + [""]
+    lines += _cache_table(rows)
     skipped = data.get("rstfast_skipped", {})
     if skipped:
         lines += ["## Not measured (skipped or failed)", ""]
@@ -172,13 +194,14 @@ def bar_chart(data: dict, device: str, path: Path) -> None:
     fig, axes = plt.subplots(len(modes), 2, figsize=(16, 4.2 * len(modes)), squeeze=False)
     for row_axes, mode in zip(axes, modes):
         mode_rows = [r for r in rows if r["mode"] == mode]
-        case_names = list(dict.fromkeys(r["case"] for r in mode_rows))
+        label_of = lambda r: f"{r['case']} B{r.get('batch')}"  # noqa: E731
+        case_names = list(dict.fromkeys(label_of(r) for r in mode_rows))
         width = 0.8 / len(backends)
         for ax, (metric, scale, label) in zip(row_axes, (("time_median_s", 1e3, "median time (ms)"),
                                                          ("peak_memory_bytes", 2 ** -20,
                                                           "peak memory (MiB)"))):
             for k, backend in enumerate(backends):
-                values = {r["case"]: r[metric] for r in mode_rows if r["backend"] == backend}
+                values = {label_of(r): r[metric] for r in mode_rows if r["backend"] == backend}
                 xs = [i + (k - (len(backends) - 1) / 2) * width for i in range(len(case_names))]
                 heights = [(values.get(c) or 0) * scale for c in case_names]
                 ax.bar(xs, heights, width, label=backend)

@@ -13,7 +13,7 @@ Two kinds of backend:
   ``expand_filter(weight, basis)``, ``lift_conv_dense(x, kernel, bias, stride, padding)`` and
   ``group_conv_dense(x, kernel, bias, num_rotations, rotation_size, scale_size, stride, padding)``.
 
-````"auto"`` picks, per layer shape, the fastest of the backends of :data:`AUTO_ORDER` that run on
+``"auto"`` picks, per layer shape, the fastest of the backends of :data:`AUTO_ORDER` that run on
 the device and compute the input's dtype (:mod:`rstfast.autotune`; :func:`resolve` gives the first
 of them). An explicitly requested backend that cannot run (not installed, failed to build,
 wrong device) falls back along its ``fallback`` chain with one warning per (backend, device,
