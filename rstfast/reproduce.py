@@ -30,6 +30,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from .data import dataset_dir, locate
 from .data.generate import DEFAULT_SCALE
 from .data.cli import Parser, UsageError, guarded
+from .equivariance.transforms import Transform
 from .train import DATASETS, duration
 
 
@@ -73,6 +74,7 @@ class Preset:
     lr_steps: Tuple[int, ...]
     sizes: Tuple[Optional[int], Optional[int], Optional[int]]  # train, val, test; None: the default
     device: str
+    stability: int = 0                          # test images for prediction stability; 0: none
 
 
 ALL = tuple(ENTRIES)
@@ -88,7 +90,7 @@ PRESETS: Dict[str, Preset] = {
     "quickstart": Preset("CNN vs RST-CNN (basis E) on the same RS-MNIST data and budget: _28 models, "
                          "2000/1000/2000 images, 3 epochs, batch 32, Adam lr 0.01 (step at epoch 2)",
                          28, ("cnn", "rst-e"), ("rs-mnist",), 1, 3, 32, 0.01, (2,), (2000, 1000, 2000),
-                         "cpu"),
+                         "cpu", stability=500),
 }
 
 
@@ -186,6 +188,38 @@ def execute(runs: List[Run], results_path: Path, log=print) -> List[str]:
             failures.append(f"{what}: {message}")
             log(f"{what}: FAILED: {message}")
     return failures
+
+
+# Prediction stability after the grid: two exact-on-the-grid rotations of R = 8 and one zoom.
+STABILITY = (Transform(angle=90), Transform(angle=45), Transform(scale=0.7))
+
+
+def stability(runs: List[Run], count: int, backend: str, device: str, out: Path, log=print) -> Path:
+    """Fraction of the first ``count`` test images of each run's dataset whose predicted class
+    the run's best model keeps under :data:`STABILITY` (rstfast.equivariance.prediction_stability);
+    print the table, write ``<out>/stability.json``."""
+    import torch
+    from .data import MEAN, STD, load_split
+    from .equivariance import load_model, prediction_stability, report as eq_report
+    results = {}
+    for run in runs:
+        label = f"{run.entry.label}{' [' + run.entry.basis + ']' if run.entry.basis else ''} {run.model} seed {run.seed}"
+        if not Path(run.save_model_path).is_file():
+            log(f"stability: {label}: no trained model at {run.save_model_path}, left out")
+            continue
+        images, labels = load_split(run.data_dir, "test")
+        x = (torch.from_numpy(images[:count]).float() / 255.0 - MEAN) / STD
+        model = load_model(run.model, run.save_model_path, run.entry.basis, backend, device=device)
+        results[label] = prediction_stability(model, x[:, None], torch.from_numpy(labels[:count]),
+                                              STABILITY, batch_size=100, fill=-MEAN / STD)
+    path = out / "stability.json"
+    if results:
+        log(f"Prediction stability: fraction of the first {count} test images whose predicted class "
+            f"stays the same when the image is transformed (accuracy: before)")
+        log(eq_report.format_stability_table(results))
+        eq_report.write_json({"transforms": [t.label for t in STABILITY], "models": results}, path)
+        log(f"wrote {path}")
+    return path
 
 
 def summarize(results: List[dict]) -> Tuple[List[dict], List[str]]:
@@ -298,6 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output folder (default ./runs/reproduce-<preset>)")
     p.add_argument("--results", default=None, help="results file (default <out>/results.yml)")
     p.add_argument("--tag", default=None, help="results.yml tag of the runs (default reproduce-<preset>)")
+    p.add_argument("--stability", type=int, default=None, metavar="N",
+                   help="after the grid, the prediction stability of every trained model on the "
+                        "first N test images (0: none; default: the preset's, quickstart 500)")
     p.add_argument("--list", action="store_true",
                    help="print the runs and whether they are done; train nothing")
     p.add_argument("--table-only", dest="table_only", metavar="RESULTS", default=None,
@@ -310,7 +347,8 @@ def preset_from(args) -> Preset:
     """The preset with the command line's overrides."""
     preset = PRESETS[args.preset]
     overrides = {name: getattr(args, name) for name in ("seeds", "epochs", "batch_size", "lr", "size",
-                                                        "device") if getattr(args, name) is not None}
+                                                        "device", "stability")
+                 if getattr(args, name) is not None}
     for name in ("models", "datasets", "lr_steps"):
         if getattr(args, name) is not None:
             overrides[name] = tuple(getattr(args, name))
@@ -320,6 +358,8 @@ def preset_from(args) -> Preset:
     for name in ("seeds", "epochs", "batch_size"):
         if getattr(preset, name) < 1:
             raise UsageError(f"--{name}: expected an int >= 1, got {getattr(preset, name)}")
+    if preset.stability < 0:
+        raise UsageError(f"--stability: expected an int >= 0, got {preset.stability}")
     if preset.device.startswith("cuda"):
         import torch
         if not torch.cuda.is_available():
@@ -365,6 +405,8 @@ def _main(argv=None) -> int:
         log(f"  failed: {failure}")
     if load_results(results_path):
         report(results_path, out, log)
+    if preset.stability:
+        stability(runs, preset.stability, args.backend, preset.device, out, log)
     return 1 if failures else 0
 
 

@@ -1,5 +1,7 @@
 """rstfast.reproduce: the experiment grid end to end on tiny synthetic data, resumability, failed
 runs, the table and the plot (also from a given results.yml), presets."""
+import json
+
 import pytest
 import torch
 import yaml
@@ -33,10 +35,19 @@ def test_grid_end_to_end_resumable_with_a_failed_run(tmp_path, data_root, monkey
         return build(name, basis, backend)
 
     monkeypatch.setattr(train, "build_model", flaky)
-    assert reproduce.main(argv) == 1  # one run failed, the other three ran
+    assert reproduce.main(argv + ["--stability", "10"]) == 1  # one run failed, the other three ran
     log = capsys.readouterr().out
     failed = "[4/4] SESN fmnist_ses_scalar_28_rot_1 (basis C) seed 0: FAILED: RuntimeError: simulated crash"
     assert failed in log
+    # prediction stability of the three trained models; the failed run has none
+    assert "stability: SESN [C] fmnist_ses_scalar_28_rot_1 seed 0: no trained model" in log
+    stable = json.loads((out / "stability.json").read_text())
+    assert stable["transforms"] == ["rot 90", "rot 45", "zoom x0.7"]
+    assert sorted(stable["models"]) == ["CNN fmnist_cnn_28 seed 0", "CNN mnist_cnn_28 seed 0",
+                                        "SESN [C] mnist_ses_scalar_28_rot_1 seed 0"]
+    for result in stable["models"].values():
+        assert result["num_images"] == 10
+        assert all(0.0 <= t["stable"] <= 1.0 for t in result["transforms"])
     entries = yaml.safe_load((out / "results.yml").read_text())
     assert [(e["model"], e["basis"], e["dataset"]) for e in entries] == [
         ("mnist_cnn_28", None, "rs-mnist"), ("mnist_ses_scalar_28_rot_1", "C", "rs-mnist"),
