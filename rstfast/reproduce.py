@@ -215,7 +215,7 @@ def stability(runs: List[Run], count: int, backend: str, device: str, out: Path,
     path = out / "stability.json"
     if results:
         log(f"Prediction stability: fraction of the first {count} test images whose predicted class "
-            f"stays the same when the image is transformed (accuracy: before)")
+            f"stays the same when the image is transformed (accuracy: on the images as they are)")
         log(eq_report.format_stability_table(results))
         eq_report.write_json({"transforms": [t.label for t in STABILITY], "models": results}, path)
         log(f"wrote {path}")
