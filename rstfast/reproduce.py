@@ -199,7 +199,7 @@ def stability(runs: List[Run], count: int, backend: str, device: str, out: Path,
     the run's best model keeps under :data:`STABILITY` (rstfast.equivariance.prediction_stability);
     print the table, write ``<out>/stability.json``."""
     import torch
-    from .data import MEAN, STD, load_split
+    from .data import BACKGROUND, load_split, normalize
     from .equivariance import load_model, prediction_stability, report as eq_report
     results = {}
     for run in runs:
@@ -208,10 +208,10 @@ def stability(runs: List[Run], count: int, backend: str, device: str, out: Path,
             log(f"stability: {label}: no trained model at {run.save_model_path}, left out")
             continue
         images, labels = load_split(run.data_dir, "test")
-        x = (torch.from_numpy(images[:count]).float() / 255.0 - MEAN) / STD
+        x = normalize(images[:count])
         model = load_model(run.model, run.save_model_path, run.entry.basis, backend, device=device)
         results[label] = prediction_stability(model, x[:, None], torch.from_numpy(labels[:count]),
-                                              STABILITY, batch_size=100, fill=-MEAN / STD)
+                                              STABILITY, batch_size=100, fill=BACKGROUND)
     path = out / "stability.json"
     if results:
         log(f"Prediction stability: fraction of the first {count} test images whose predicted class "

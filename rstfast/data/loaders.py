@@ -25,6 +25,7 @@ from .generate import load_split
 from .warp import affine_warp
 
 MEAN, STD = 0.0607, 0.2161
+BACKGROUND = -MEAN / STD  # a zero pixel after normalisation
 BLUR_KERNEL = (5, 9)  # (width, height), as torchvision's GaussianBlur(kernel_size=(5, 9))
 BLUR_SIGMA = (0.1, 5.0)
 
@@ -71,11 +72,15 @@ class RSDataset(Dataset):
         if self.scale_range:
             angle, scale = rng.uniform(-180.0, 180.0), rng.uniform(*self.scale_range)
             image = affine_warp(image[None], angle, scale)[0]
-        x = (torch.from_numpy(image.astype(np.float32)) / 255.0 - MEAN) / STD
-        x = x[None]
+        x = normalize(image)[None]
         if self.eval_blur:
             x = gaussian_blur(x, float(rng.uniform(*BLUR_SIGMA)))
         return x, self.labels[index]
+
+
+def normalize(images: np.ndarray, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 images (any shape, e.g. ``[N, 28, 28]``) -> ``(images / 255 - MEAN) / STD`` in ``dtype``."""
+    return (torch.from_numpy(np.asarray(images)).to(dtype) / 255.0 - MEAN) / STD
 
 
 def rs_datasets(folder, extra_scaling: float = 1.0, eval_blur: bool = False, seed: int = 0):

@@ -105,11 +105,10 @@ def _transforms(args, fallback) -> List[Transform]:
 
 def _images(args, dtype, limit: Optional[int]):
     """Normalised ``[N, 1, 28, 28]`` images, labels and the background value of --data-dir."""
-    from ..data import MEAN, STD, load_split
+    from ..data import BACKGROUND, load_split, normalize
     images, labels = load_split(args.data_dir, args.split)
     images, labels = images[:limit], labels[:limit]
-    x = (torch.from_numpy(images).to(dtype) / 255.0 - MEAN) / STD
-    return x[:, None].to(args.device), torch.from_numpy(labels), -MEAN / STD
+    return normalize(images, dtype)[:, None].to(args.device), torch.from_numpy(labels), BACKGROUND
 
 
 def _models(args, dtype):
