@@ -8,7 +8,14 @@ Two shared libraries, built on first use and loaded into ``torch.ops.rstfast_cpp
 Build folder: ``<root>/<name>-<key>`` with ``root`` = ``$RSTFAST_BUILD_DIR`` or torch's default
 (``$TORCH_EXTENSIONS_DIR`` or ``~/.cache/torch_extensions/<python, cuda tag>``) and ``key`` a hash
 of the sources, compiler flags and torch version (:func:`build_key`): two checkouts, or a checkout
-and an installed copy, never rebuild each other's extension. ``RSTFAST_VERBOSE_BUILD=1`` prints
+and an installed copy, never rebuild each other's extension.
+
+CPU instruction set: the CPU library is compiled for the x86-64 level this machine supports
+(:func:`cpu_arch_flags`: ``x86-64-v4`` = AVX-512, ``x86-64-v3`` = AVX2 + FMA, else the portable
+baseline), so the FFT backend's vector loops (``fft_cpu.cpp``) use the widest registers; the
+level is part of the flags and so of the build key, and a cache shared by machines of different
+CPUs keeps one build per level. ``RSTFAST_CPU_ARCH`` overrides the level (``x86-64-v3``,
+``x86-64-v4``, or ``portable``). ``RSTFAST_VERBOSE_BUILD=1`` prints
 the compiler output. A failed build gives one warning naming the log file and makes
 :func:`unavailable_reason` return the reason, so :mod:`rstfast.backends` falls back.
 
@@ -18,35 +25,76 @@ from __future__ import annotations
 
 import hashlib
 import os
+import platform
 import threading
 import traceback
 import warnings
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
 SOURCE_DIR = Path(__file__).resolve().parent
-CPU_SOURCES = ("bindings.cpp", "rs_conv_checks.cpp", "rs_conv_cpu.cpp")
+CPU_SOURCES = ("bindings.cpp", "rs_conv_checks.cpp", "rs_conv_cpu.cpp", "fft_cpu.cpp")
 CUDA_SOURCES = ("rs_conv_checks.cpp", "rs_conv_cuda_glue.cpp", "rs_conv_cuda.cu")
 HEADERS = ("geometry.h", "rs_conv.h", "rs_conv_cuda.h")
-# Portable flags only (no -march=native): the cache may be shared by machines with different CPUs.
-# The CPU code threads through ATen / oneDNN (torch.get_num_threads()), so it needs no -fopenmp.
+# The CPU code threads through ATen / oneDNN (torch.get_num_threads()), so it needs no -fopenmp;
+# -fopenmp-simd only honours the `#pragma omp simd` of the vector loops.
 CXX_FLAGS = ("-O3",)
 NVCC_FLAGS = ("-O3", "--use_fast_math")
+# x86-64 levels by the /proc/cpuinfo features they need (the psABI's lists, those that matter).
+ARCH_FEATURES = {
+    "x86-64-v4": ("avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl", "avx2", "fma"),
+    "x86-64-v3": ("avx2", "fma", "bmi1", "bmi2", "f16c", "movbe"),
+}
 
 _lock = threading.Lock()
 _results: Dict[str, Optional[str]] = {}   # extension name -> None (loaded) or why it is unavailable
 
 
+def _cpu_features() -> frozenset:
+    """The feature flags of the first CPU in /proc/cpuinfo (empty where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def cpu_arch_flags() -> Tuple[str, ...]:
+    """``-march`` flags of the CPU library: ``$RSTFAST_CPU_ARCH`` if set (``portable``: none),
+    else the highest x86-64 level of :data:`ARCH_FEATURES` this CPU has (x86-64 only; 512-bit
+    vectors preferred at ``x86-64-v4``), else none."""
+    arch = os.environ.get("RSTFAST_CPU_ARCH", "").strip()
+    if not arch:
+        features = _cpu_features() if platform.machine().lower() in ("x86_64", "amd64") else ()
+        arch = next((level for level, needs in ARCH_FEATURES.items()
+                     if all(flag in features for flag in needs)), "portable")
+    elif arch != "portable" and arch not in ARCH_FEATURES:
+        raise ValueError(f"RSTFAST_CPU_ARCH: expected one of {['portable', *ARCH_FEATURES]}, "
+                         f"got {arch!r}")
+    if arch == "portable":
+        return ()
+    return (f"-march={arch}",) + (("-mprefer-vector-width=512",) if arch == "x86-64-v4" else ())
+
+
+def cpu_flags() -> Tuple[str, ...]:
+    """Compiler flags of the CPU library: :data:`CXX_FLAGS`, ``-fopenmp-simd`` and
+    :func:`cpu_arch_flags`."""
+    return CXX_FLAGS + ("-fopenmp-simd",) + cpu_arch_flags()
+
+
 def build_key(sources, cuda: bool) -> str:
-    """12 hex digits of sha256 over the sources and headers, the flags, torch's version and the
-    CUDA toolkit torch was built with."""
+    """12 hex digits of sha256 over the sources and headers, the flags (the CPU library's
+    instruction-set level included), torch's version and the CUDA toolkit torch was built with."""
     digest = hashlib.sha256()
     for name in sorted(set(sources) | set(HEADERS)):
         digest.update(name.encode() + b"\0" + (SOURCE_DIR / name).read_bytes())
-    digest.update(repr((CXX_FLAGS, NVCC_FLAGS if cuda else (), torch.__version__,
-                        torch.version.cuda)).encode())
+    digest.update(repr((CXX_FLAGS if cuda else cpu_flags(), NVCC_FLAGS if cuda else (),
+                        torch.__version__, torch.version.cuda)).encode())
     return digest.hexdigest()[:12]
 
 
@@ -85,7 +133,7 @@ def _build(name: str, sources, cuda: bool) -> Optional[str]:
         cpp_extension.load(
             name=name,
             sources=[str(SOURCE_DIR / s) for s in sources],
-            extra_cflags=list(CXX_FLAGS),
+            extra_cflags=list(CXX_FLAGS if cuda else cpu_flags()),
             extra_cuda_cflags=list(NVCC_FLAGS) if cuda else None,
             extra_include_paths=[str(SOURCE_DIR)],
             build_directory=str(folder),

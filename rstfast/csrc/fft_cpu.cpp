@@ -1,0 +1,541 @@
+// CPU kernels of the FFT backend (rstfast/fft): transforms between real planes and tile-major
+// spectra, and the per-bin complex products, vectorized by the compiler (no intrinsics).
+//
+// Tile-major spectra. A spectrum of P planes over `bins` frequency bins b = k_h * half + k_w
+// (half = N_w / 2 + 1) is stored [tiles, P, 2, L]: L = 64 bytes / sizeof(T) consecutive bins
+// form a tile (one cache line of real parts, one of imaginary parts per plane), bins past `bins`
+// are zero padding. Every tile of every plane is one SIMD-friendly block: the products put bins
+// in the vector lanes, and a tile holds all planes of those bins contiguously.
+//
+// Transforms (fft_to_tiles / fft_from_tiles) work on groups of L planes with the planes in the
+// vector lanes: each one-dimensional DFT is a small matrix of phases (broadcast scalars) times
+// the group's samples, register-blocked; the group is transposed from / to the planes' own
+// layout (any strides) and from / to the tile-major spectrum in local buffers.
+// Products (fft_tile_products): out[g][m, n] (+)= sum over the pairs j of group g and k of
+// a_j[m, k] * b_j[k, n] per bin, the bins of a tile in the lanes, an MB x NB block of outputs in
+// registers, every pair and k accumulated in one pass.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <type_traits>
+#include <vector>
+
+namespace rstfast {
+namespace {
+
+// Bins per tile and planes per transform group: one 64-byte cache line.
+template <typename T>
+constexpr int64_t kLanes = 64 / sizeof(T);
+
+// One SIMD register of the ISA the file is compiled for (rstfast/csrc/build.py picks the
+// -march level at build time); a tile is processed in kLanes / kWidth parts.
+#if defined(__AVX512F__)
+constexpr int64_t kRegisterBytes = 64;
+constexpr bool kManyRegisters = true;   // 32 vector registers
+#elif defined(__AVX__)
+constexpr int64_t kRegisterBytes = 32;
+constexpr bool kManyRegisters = false;  // 16
+#elif defined(__aarch64__)
+constexpr int64_t kRegisterBytes = 16;
+constexpr bool kManyRegisters = true;   // NEON: 32
+#else
+constexpr int64_t kRegisterBytes = 16;
+constexpr bool kManyRegisters = false;
+#endif
+template <typename T>
+constexpr int64_t kWidth = kRegisterBytes / sizeof(T);
+
+// Register blocks (accumulators = 2 * rows * cols vectors for complex, rows * cols for real),
+// measured on the 2-core Xeon (AVX-512) and with -march=x86-64-v3 builds on it (AVX2), see
+// benchmarks/results/fft_roofline_cpu.md.
+constexpr int kProductRows = kManyRegisters ? 3 : 2;   // MB: rows of the output block
+constexpr int kProductCols = kManyRegisters ? 4 : 2;   // NB
+constexpr int kRealRows = kManyRegisters ? 4 : 2;
+constexpr int kRealCols = kManyRegisters ? 4 : 3;
+constexpr int kComplexRows = kManyRegisters ? 2 : 1;
+constexpr int kComplexCols = kManyRegisters ? 4 : 3;
+
+// Calls f(std::integral_constant<int, R>, std::integral_constant<int, C>) for the runtime block
+// (rows, cols), 1 <= rows <= RMax, 1 <= cols <= CMax: the tails of a blocked loop get their own
+// fully unrolled kernel.
+template <int R, int CMax, typename F>
+void select_cols(int cols, F&& f) {
+  if constexpr (CMax >= 1) {
+    if (cols == CMax) {
+      f(std::integral_constant<int, R>{}, std::integral_constant<int, CMax>{});
+    } else {
+      select_cols<R, CMax - 1>(cols, f);
+    }
+  }
+}
+
+template <int RMax, int CMax, typename F>
+void select_block(int rows, int cols, F&& f) {
+  if constexpr (RMax >= 1) {
+    if (rows == RMax) {
+      select_cols<RMax, CMax>(cols, f);
+    } else {
+      select_block<RMax - 1, CMax>(rows, cols, f);
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------ transforms
+
+// out[r][c] = sum_i m[r*mr + i*mi] * in[i*is + c*cs] for an R x C block; in and out entries are
+// vectors of kLanes planes (strides in elements).
+template <typename T, int R, int C>
+void real_block(const T* m, int64_t mr, int64_t mi, const T* in, int64_t is, int64_t cs, T* out,
+                int64_t ors, int64_t ocs, int64_t count) {
+  constexpr int64_t W = kWidth<T>;
+  for (int64_t part = 0; part < kLanes<T>; part += W) {
+    T acc[R][C][W];
+    for (int r = 0; r < R; ++r)
+      for (int c = 0; c < C; ++c)
+#pragma omp simd
+        for (int64_t l = 0; l < W; ++l) acc[r][c][l] = 0;
+    for (int64_t i = 0; i < count; ++i) {
+      const T* x = in + i * is + part;
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        const T coefficient = m[r * mr + i * mi];
+#pragma GCC unroll 8
+        for (int c = 0; c < C; ++c)
+#pragma omp simd
+          for (int64_t l = 0; l < W; ++l) acc[r][c][l] += coefficient * x[c * cs + l];
+      }
+    }
+    for (int r = 0; r < R; ++r)
+      for (int c = 0; c < C; ++c)
+#pragma omp simd
+        for (int64_t l = 0; l < W; ++l) out[r * ors + c * ocs + part + l] = acc[r][c][l];
+  }
+}
+
+// The complex version: m entries are (re, im) pairs at m[r*mr + i*mi + {0, 1}]; the imaginary
+// part of an in / out entry sits in_im / out_im elements after its real part.
+template <typename T, int R, int C>
+void complex_block(const T* m, int64_t mr, int64_t mi, const T* in, int64_t is, int64_t cs,
+                   int64_t in_im, T* out, int64_t ors, int64_t ocs, int64_t out_im,
+                   int64_t count) {
+  constexpr int64_t W = kWidth<T>;
+  for (int64_t part = 0; part < kLanes<T>; part += W) {
+    T re[R][C][W], im[R][C][W];
+    for (int r = 0; r < R; ++r)
+      for (int c = 0; c < C; ++c)
+#pragma omp simd
+        for (int64_t l = 0; l < W; ++l) re[r][c][l] = im[r][c][l] = 0;
+    for (int64_t i = 0; i < count; ++i) {
+      const T* x = in + i * is + part;
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        const T mre = m[r * mr + i * mi], mim = m[r * mr + i * mi + 1];
+#pragma GCC unroll 8
+        for (int c = 0; c < C; ++c) {
+          const T* xr = x + c * cs;
+          const T* xi = xr + in_im;
+#pragma omp simd
+          for (int64_t l = 0; l < W; ++l) {
+            re[r][c][l] += mre * xr[l];
+            re[r][c][l] -= mim * xi[l];
+            im[r][c][l] += mre * xi[l];
+            im[r][c][l] += mim * xr[l];
+          }
+        }
+      }
+    }
+    for (int r = 0; r < R; ++r)
+      for (int c = 0; c < C; ++c) {
+        T* o = out + r * ors + c * ocs + part;
+#pragma omp simd
+        for (int64_t l = 0; l < W; ++l) {
+          o[l] = re[r][c][l];
+          o[out_im + l] = im[r][c][l];
+        }
+      }
+  }
+}
+
+// The real product out = m @ in over a rows x cols output, in register blocks.
+template <typename T>
+void real_matmul(const T* m, int64_t mr, int64_t mi, const T* in, int64_t is, int64_t cs, T* out,
+                 int64_t ors, int64_t ocs, int64_t rows, int64_t cols, int64_t count) {
+  for (int64_t r0 = 0; r0 < rows; r0 += kRealRows) {
+    const int rb = static_cast<int>(std::min<int64_t>(kRealRows, rows - r0));
+    for (int64_t c0 = 0; c0 < cols; c0 += kRealCols) {
+      const int cb = static_cast<int>(std::min<int64_t>(kRealCols, cols - c0));
+      select_block<kRealRows, kRealCols>(rb, cb, [&](auto R, auto C) {
+        real_block<T, decltype(R)::value, decltype(C)::value>(
+            m + r0 * mr, mr, mi, in + c0 * cs, is, cs, out + r0 * ors + c0 * ocs, ors, ocs, count);
+      });
+    }
+  }
+}
+
+template <typename T>
+void complex_matmul(const T* m, int64_t mr, int64_t mi, const T* in, int64_t is, int64_t cs,
+                    int64_t in_im, T* out, int64_t ors, int64_t ocs, int64_t out_im, int64_t rows,
+                    int64_t cols, int64_t count) {
+  for (int64_t r0 = 0; r0 < rows; r0 += kComplexRows) {
+    const int rb = static_cast<int>(std::min<int64_t>(kComplexRows, rows - r0));
+    for (int64_t c0 = 0; c0 < cols; c0 += kComplexCols) {
+      const int cb = static_cast<int>(std::min<int64_t>(kComplexCols, cols - c0));
+      select_block<kComplexRows, kComplexCols>(rb, cb, [&](auto R, auto C) {
+        complex_block<T, decltype(R)::value, decltype(C)::value>(
+            m + r0 * mr, mr, mi, in + c0 * cs, is, cs, in_im, out + r0 * ors + c0 * ocs, ors, ocs,
+            out_im, count);
+      });
+    }
+  }
+}
+
+// Real planes z[d0, d1, d2, H, W] (any strides): plane p = (i0 * d1 + i1) * d2 + i2.
+struct Planes {
+  int64_t sizes[3];
+  int64_t strides[3];
+  int64_t row_stride, col_stride, rows, cols;
+
+  explicit Planes(const at::Tensor& z)
+      : sizes{z.size(0), z.size(1), z.size(2)},
+        strides{z.stride(0), z.stride(1), z.stride(2)},
+        row_stride(z.stride(3)),
+        col_stride(z.stride(4)),
+        rows(z.size(3)),
+        cols(z.size(4)) {}
+
+  int64_t count() const { return sizes[0] * sizes[1] * sizes[2]; }
+  int64_t offset(int64_t p) const {
+    const int64_t i2 = p % sizes[2], i1 = (p / sizes[2]) % sizes[1], i0 = p / (sizes[1] * sizes[2]);
+    return i0 * strides[0] + i1 * strides[1] + i2 * strides[2];
+  }
+};
+
+// Sizes of one transform: spectrum tiles / padded bins, frequencies, samples.
+struct TransformShape {
+  int64_t tiles, padded_bins, freq_rows, half, rows, cols;
+};
+
+// Spectra of the groups of kLanes planes [first, last) of z into the tile-major `out`.
+// cols: [W, 2 * half] (column j -> frequency k, real / imaginary part at 2k / 2k + 1);
+// rows: [N_h, H, 2] (the phase of row frequency k_h at sample h).
+template <typename T>
+void to_tiles_groups(const T* z, const Planes& planes, T* out, int64_t out_tile_stride,
+                     const T* cols, const T* rows, const TransformShape& s, int64_t first,
+                     int64_t last) {
+  constexpr int64_t L = kLanes<T>;
+  const int64_t height = s.rows, width = s.cols, half = s.half, pb = s.padded_bins;
+  std::vector<T> samples(width * height * L), columns(2 * half * height * L),
+      spectrum(2 * pb * L, T(0));     // the padding bins stay zero
+  for (int64_t group = first; group < last; ++group) {
+    const int64_t p0 = group * L, count = std::min<int64_t>(L, planes.count() - p0);
+    if (count < L) std::fill(samples.begin(), samples.end(), T(0));
+    for (int64_t v = 0; v < count; ++v) {       // samples[w][h][v]
+      const T* plane = z + planes.offset(p0 + v);
+      for (int64_t h = 0; h < height; ++h)
+        for (int64_t w = 0; w < width; ++w)
+          samples[(w * height + h) * L + v] = plane[h * planes.row_stride + w * planes.col_stride];
+    }
+    // columns[2k + ri][h] = sum_w cols[w][2k + ri] * samples[w][h]
+    real_matmul<T>(cols, 1, 2 * half, samples.data(), height * L, L, columns.data(), height * L, L,
+                   2 * half, height, width);
+    // spectrum[ri][k_h * half + k_w] = sum_h rows[k_h][h] * columns[2 k_w + (re, im)][h]
+    complex_matmul<T>(rows, 2 * height, 2, columns.data(), L, 2 * height * L, height * L,
+                      spectrum.data(), half * L, L, pb * L, s.freq_rows, half, height);
+    for (int64_t v = 0; v < count; ++v)
+      for (int64_t tile = 0; tile < s.tiles; ++tile)
+        for (int64_t ri = 0; ri < 2; ++ri) {
+          T* dst = out + tile * out_tile_stride + ((p0 + v) * 2 + ri) * L;
+          const T* src = spectrum.data() + (ri * pb + tile * L) * L + v;
+          for (int64_t l = 0; l < L; ++l) dst[l] = src[l * L];
+        }
+  }
+}
+
+// Real planes of the groups [first, last) from the tile-major `spec`.
+// cols: [2 * half, W] (the real inverse along the columns, weights and scale included);
+// rows: [H, N_h, 2] (the phase of row frequency k_h at output row h).
+template <typename T>
+void from_tiles_groups(const T* spec, int64_t spec_tile_stride, T* z, const Planes& planes,
+                       const T* cols, const T* rows, const TransformShape& s, int64_t first,
+                       int64_t last) {
+  constexpr int64_t L = kLanes<T>;
+  const int64_t height = s.rows, width = s.cols, half = s.half, pb = s.padded_bins;
+  std::vector<T> spectrum(2 * pb * L), columns(2 * half * height * L), samples(width * height * L);
+  for (int64_t group = first; group < last; ++group) {
+    const int64_t p0 = group * L, count = std::min<int64_t>(L, planes.count() - p0);
+    if (count < L) std::fill(spectrum.begin(), spectrum.end(), T(0));
+    for (int64_t v = 0; v < count; ++v)
+      for (int64_t tile = 0; tile < s.tiles; ++tile)
+        for (int64_t ri = 0; ri < 2; ++ri) {
+          const T* src = spec + tile * spec_tile_stride + ((p0 + v) * 2 + ri) * L;
+          T* dst = spectrum.data() + (ri * pb + tile * L) * L + v;
+          for (int64_t l = 0; l < L; ++l) dst[l * L] = src[l];
+        }
+    // columns[2 k_w + (re, im)][h] = sum_{k_h} rows[h][k_h] * spectrum[k_h * half + k_w]
+    complex_matmul<T>(rows, 2 * s.freq_rows, 2, spectrum.data(), half * L, L, pb * L,
+                      columns.data(), L, 2 * height * L, height * L, height, half, s.freq_rows);
+    // samples[w][h] = sum_c cols[c][w] * columns[c][h]
+    real_matmul<T>(cols, 1, width, columns.data(), height * L, L, samples.data(), height * L, L,
+                   width, height, 2 * half);
+    for (int64_t v = 0; v < count; ++v) {
+      T* plane = z + planes.offset(p0 + v);
+      for (int64_t h = 0; h < height; ++h)
+        for (int64_t w = 0; w < width; ++w)
+          plane[h * planes.row_stride + w * planes.col_stride] = samples[(w * height + h) * L + v];
+    }
+  }
+}
+
+void check_spectrum(const at::Tensor& spec, const char* name, int64_t planes,
+                    at::ScalarType dtype) {
+  const int64_t lanes = 64 / static_cast<int64_t>(c10::elementSize(dtype));
+  TORCH_CHECK_VALUE(spec.dim() == 4 && spec.size(1) == planes && spec.size(2) == 2 &&
+                        spec.size(3) == lanes && spec.stride(3) == 1 &&
+                        spec.stride(2) == lanes && spec.stride(1) == 2 * lanes,
+                    name, ": expected a tile-major spectrum [tiles, ", planes, ", 2, ", lanes,
+                    "] with contiguous planes, got shape ", spec.sizes(), " strides ",
+                    spec.strides());
+  TORCH_CHECK_TYPE(spec.scalar_type() == dtype && spec.device().is_cpu(), name,
+                   ": expected a CPU tensor of ", dtype, ", got ", spec.scalar_type(), " on ",
+                   spec.device());
+}
+
+void check_table(const at::Tensor& table, const char* name, at::IntArrayRef shape,
+                 at::ScalarType dtype) {
+  TORCH_CHECK_VALUE(table.sizes() == shape && table.is_contiguous() &&
+                        table.scalar_type() == dtype && table.device().is_cpu(),
+                    name, ": expected a contiguous CPU ", dtype, " table of shape ", shape,
+                    ", got ", table.sizes(), " ", table.scalar_type());
+}
+
+TransformShape transform_shape(const at::Tensor& spec, int64_t freq_rows, int64_t half,
+                               int64_t rows, int64_t cols) {
+  const int64_t lanes = spec.size(3), bins = freq_rows * half;
+  TORCH_CHECK_VALUE(spec.size(0) == (bins + lanes - 1) / lanes, "spectrum: expected ",
+                    (bins + lanes - 1) / lanes, " tiles of ", lanes, " bins for ", freq_rows,
+                    " x ", half, " bins, got ", spec.size(0));
+  return {spec.size(0), spec.size(0) * lanes, freq_rows, half, rows, cols};
+}
+
+// Grain of the transforms' parallel loops: groups of planes per task.
+int64_t transform_grain(int64_t groups) {
+  return std::max<int64_t>(1, groups / (8 * at::get_num_threads()));
+}
+
+void fft_to_tiles(const at::Tensor& z, const at::Tensor& out, const at::Tensor& cols,
+                  const at::Tensor& rows) {
+  TORCH_CHECK_VALUE(z.dim() == 5, "z: expected real planes [D0, D1, D2, H, W], got shape ",
+                    z.sizes());
+  TORCH_CHECK_TYPE(z.scalar_type() == at::kFloat || z.scalar_type() == at::kDouble,
+                   "z: expected float32 or float64, got ", z.scalar_type());
+  const Planes planes(z);
+  check_spectrum(out, "out", planes.count(), z.scalar_type());
+  TORCH_CHECK_VALUE(cols.dim() == 2 && cols.size(1) % 2 == 0 && rows.dim() == 3,
+                    "cols, rows: expected [W, 2 * half] and [N_h, H, 2] tables");
+  const int64_t half = cols.size(1) / 2, freq_rows = rows.size(0);
+  check_table(cols, "cols", {planes.cols, 2 * half}, z.scalar_type());
+  check_table(rows, "rows", {freq_rows, planes.rows, 2}, z.scalar_type());
+  const TransformShape shape = transform_shape(out, freq_rows, half, planes.rows, planes.cols);
+  const int64_t lanes = out.size(3), groups = (planes.count() + lanes - 1) / lanes;
+  AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "fft_to_tiles", [&] {
+    const scalar_t* z_data = z.const_data_ptr<scalar_t>();
+    scalar_t* out_data = out.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, groups, transform_grain(groups), [&](int64_t first, int64_t last) {
+      to_tiles_groups<scalar_t>(z_data, planes, out_data, out.stride(0),
+                                cols.const_data_ptr<scalar_t>(), rows.const_data_ptr<scalar_t>(),
+                                shape, first, last);
+    });
+  });
+}
+
+void fft_from_tiles(const at::Tensor& spec, const at::Tensor& z, const at::Tensor& cols,
+                    const at::Tensor& rows) {
+  TORCH_CHECK_VALUE(z.dim() == 5, "z: expected real planes [D0, D1, D2, H, W], got shape ",
+                    z.sizes());
+  TORCH_CHECK_TYPE(z.scalar_type() == at::kFloat || z.scalar_type() == at::kDouble,
+                   "z: expected float32 or float64, got ", z.scalar_type());
+  const Planes planes(z);
+  check_spectrum(spec, "spec", planes.count(), z.scalar_type());
+  TORCH_CHECK_VALUE(cols.dim() == 2 && cols.size(0) % 2 == 0 && rows.dim() == 3,
+                    "cols, rows: expected [2 * half, W] and [H, N_h, 2] tables");
+  const int64_t half = cols.size(0) / 2, freq_rows = rows.size(1);
+  check_table(cols, "cols", {2 * half, planes.cols}, z.scalar_type());
+  check_table(rows, "rows", {planes.rows, freq_rows, 2}, z.scalar_type());
+  const TransformShape shape = transform_shape(spec, freq_rows, half, planes.rows, planes.cols);
+  const int64_t lanes = spec.size(3), groups = (planes.count() + lanes - 1) / lanes;
+  AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "fft_from_tiles", [&] {
+    const scalar_t* spec_data = spec.const_data_ptr<scalar_t>();
+    scalar_t* z_data = z.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, groups, transform_grain(groups), [&](int64_t first, int64_t last) {
+      from_tiles_groups<scalar_t>(spec_data, spec.stride(0), z_data, planes,
+                                  cols.const_data_ptr<scalar_t>(),
+                                  rows.const_data_ptr<scalar_t>(), shape, first, last);
+    });
+  });
+}
+
+// -------------------------------------------------------------------------------- products
+
+// out[g][m, n] (+)= sum_{j in group g} sum_k a_j[m, k] * b_j[k, n], per bin. Offsets and strides
+// count planes; a plane of a tile is 2 * kLanes elements (real parts, then imaginary parts).
+template <typename T>
+struct Products {
+  const T* a;
+  const T* b;
+  T* out;
+  int64_t a_tile, b_tile, out_tile;                    // tile strides (elements)
+  const int64_t* a_offsets;
+  const int64_t* b_offsets;
+  const int64_t* out_offsets;
+  const int64_t* group_ends;                           // pairs of group g: [ends[g-1], ends[g])
+  int64_t m, n, k;
+  int64_t am, ak, bk, bn, om, on;
+  bool accumulate;
+};
+
+// One MB x NB block of outputs of tile `tile`, group `g`, at (m0, n0).
+template <typename T, int MB, int NB>
+void product_block(const Products<T>& p, int64_t g, int64_t tile, int64_t m0, int64_t n0) {
+  constexpr int64_t L = kLanes<T>, W = kWidth<T>, plane = 2 * L;
+  const int64_t first = g == 0 ? 0 : p.group_ends[g - 1], last = p.group_ends[g];
+  const int64_t am = p.am * plane, ak = p.ak * plane, bk = p.bk * plane, bn = p.bn * plane;
+  T* out = p.out + tile * p.out_tile + (p.out_offsets[g] + m0 * p.om + n0 * p.on) * plane;
+  for (int64_t part = 0; part < L; part += W) {
+    T re[MB][NB][W], im[MB][NB][W];
+    for (int i = 0; i < MB; ++i)
+      for (int j = 0; j < NB; ++j) {
+        const T* o = out + (i * p.om + j * p.on) * plane + part;
+#pragma omp simd
+        for (int64_t l = 0; l < W; ++l) {
+          re[i][j][l] = p.accumulate ? o[l] : T(0);
+          im[i][j][l] = p.accumulate ? o[L + l] : T(0);
+        }
+      }
+    for (int64_t pair = first; pair < last; ++pair) {
+      const T* a = p.a + tile * p.a_tile + (p.a_offsets[pair] + m0 * p.am) * plane + part;
+      const T* b = p.b + tile * p.b_tile + (p.b_offsets[pair] + n0 * p.bn) * plane + part;
+      for (int64_t k = 0; k < p.k; ++k) {
+        const T* ak_row = a + k * ak;
+        const T* bk_row = b + k * bk;
+#pragma GCC unroll 8
+        for (int i = 0; i < MB; ++i) {
+          const T* ar = ak_row + i * am;
+#pragma GCC unroll 8
+          for (int j = 0; j < NB; ++j) {
+            const T* br = bk_row + j * bn;
+#pragma omp simd
+            for (int64_t l = 0; l < W; ++l) {
+              re[i][j][l] += ar[l] * br[l];
+              re[i][j][l] -= ar[L + l] * br[L + l];
+              im[i][j][l] += ar[l] * br[L + l];
+              im[i][j][l] += ar[L + l] * br[l];
+            }
+          }
+        }
+      }
+    }
+    for (int i = 0; i < MB; ++i)
+      for (int j = 0; j < NB; ++j) {
+        T* o = out + (i * p.om + j * p.on) * plane + part;
+#pragma omp simd
+        for (int64_t l = 0; l < W; ++l) {
+          o[l] = re[i][j][l];
+          o[L + l] = im[i][j][l];
+        }
+      }
+  }
+}
+
+template <typename T>
+void run_products(const Products<T>& p, int64_t groups, int64_t tiles) {
+  const int64_t col_blocks = (p.n + kProductCols - 1) / kProductCols;
+  const int64_t items = groups * tiles * col_blocks;
+  // Consecutive items share the group and tile (the same a block): each thread gets a range.
+  at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t cb_index = item % col_blocks, tile = (item / col_blocks) % tiles;
+      const int64_t g = item / (col_blocks * tiles), n0 = cb_index * kProductCols;
+      const int nb = static_cast<int>(std::min<int64_t>(kProductCols, p.n - n0));
+      for (int64_t m0 = 0; m0 < p.m; m0 += kProductRows) {
+        const int mb = static_cast<int>(std::min<int64_t>(kProductRows, p.m - m0));
+        select_block<kProductRows, kProductCols>(mb, nb, [&](auto MB, auto NB) {
+          product_block<T, decltype(MB)::value, decltype(NB)::value>(p, g, tile, m0, n0);
+        });
+      }
+    }
+  });
+}
+
+void fft_tile_products(const at::Tensor& a, const at::Tensor& b, const at::Tensor& out,
+                       at::IntArrayRef a_offsets, at::IntArrayRef b_offsets,
+                       at::IntArrayRef out_offsets, at::IntArrayRef group_ends,
+                       at::IntArrayRef sizes, at::IntArrayRef strides, bool accumulate) {
+  TORCH_CHECK_TYPE(a.scalar_type() == at::kFloat || a.scalar_type() == at::kDouble,
+                   "a: expected float32 or float64, got ", a.scalar_type());
+  TORCH_CHECK_VALUE(a.dim() == 4 && b.dim() == 4 && out.dim() == 4,
+                    "a, b, out: expected tile-major spectra [tiles, P, 2, L]");
+  check_spectrum(a, "a", a.size(1), a.scalar_type());
+  check_spectrum(b, "b", b.size(1), a.scalar_type());
+  check_spectrum(out, "out", out.size(1), a.scalar_type());
+  TORCH_CHECK_VALUE(b.size(0) == a.size(0) && out.size(0) == a.size(0),
+                    "a, b, out: expected the same number of tiles, got ", a.size(0), ", ",
+                    b.size(0), ", ", out.size(0));
+  TORCH_CHECK_VALUE(sizes.size() == 3 && strides.size() == 6,
+                    "sizes, strides: expected [M, N, K] and [am, ak, bk, bn, om, on]");
+  const int64_t groups = static_cast<int64_t>(group_ends.size());
+  TORCH_CHECK_VALUE(a_offsets.size() == b_offsets.size() &&
+                        static_cast<int64_t>(out_offsets.size()) == groups &&
+                        (groups == 0 || group_ends[groups - 1] ==
+                                            static_cast<int64_t>(a_offsets.size())),
+                    "offsets: expected one a and b offset per pair, one out offset per group "
+                    "and group_ends ending at the number of pairs");
+  const int64_t m = sizes[0], n = sizes[1], k = sizes[2];
+  auto last_plane = [&](int64_t offset, int64_t rows, int64_t rs, int64_t cols, int64_t cs) {
+    return offset + (rows - 1) * rs + (cols - 1) * cs;
+  };
+  for (int64_t j = 0; j < static_cast<int64_t>(a_offsets.size()); ++j) {
+    TORCH_CHECK_VALUE(a_offsets[j] >= 0 && last_plane(a_offsets[j], m, strides[0], k,
+                                                      strides[1]) < a.size(1) &&
+                          b_offsets[j] >= 0 && last_plane(b_offsets[j], k, strides[2], n,
+                                                          strides[3]) < b.size(1),
+                      "a_offsets, b_offsets: pair ", j, " reads past its spectrum");
+  }
+  for (int64_t g = 0; g < groups; ++g) {
+    TORCH_CHECK_VALUE(out_offsets[g] >= 0 && last_plane(out_offsets[g], m, strides[4], n,
+                                                        strides[5]) < out.size(1) &&
+                          (g == 0 ? 0 : group_ends[g - 1]) <= group_ends[g],
+                      "out_offsets, group_ends: group ", g, " is out of range");
+  }
+  if (m == 0 || n == 0) return;
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "fft_tile_products", [&] {
+    const Products<scalar_t> p{a.const_data_ptr<scalar_t>(), b.const_data_ptr<scalar_t>(),
+                               out.mutable_data_ptr<scalar_t>(), a.stride(0), b.stride(0),
+                               out.stride(0), a_offsets.data(), b_offsets.data(),
+                               out_offsets.data(), group_ends.data(), m, n, k, strides[0],
+                               strides[1], strides[2], strides[3], strides[4], strides[5],
+                               accumulate};
+    run_products<scalar_t>(p, groups, a.size(0));
+  });
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(rstfast_cpp, m) {
+  m.def("fft_to_tiles(Tensor z, Tensor(a!) out, Tensor cols, Tensor rows) -> ()");
+  m.def("fft_from_tiles(Tensor spec, Tensor(a!) z, Tensor cols, Tensor rows) -> ()");
+  m.def("fft_tile_products(Tensor a, Tensor b, Tensor(a!) out, int[] a_offsets, "
+        "int[] b_offsets, int[] out_offsets, int[] group_ends, int[] sizes, int[] strides, "
+        "bool accumulate) -> ()");
+}
+
+TORCH_LIBRARY_IMPL(rstfast_cpp, CPU, m) {
+  m.impl("fft_to_tiles", &fft_to_tiles);
+  m.impl("fft_from_tiles", &fft_from_tiles);
+  m.impl("fft_tile_products", &fft_tile_products);
+}
+
+}  // namespace rstfast

@@ -1,0 +1,195 @@
+"""CPU execution of the FFT backend on tile-major spectra (C++ kernels, ``csrc/fft_cpu.cpp``).
+
+Spectra are ``[tiles, planes, 2, L]`` tensors: ``L = 64 bytes / itemsize`` consecutive frequency
+bins ``b = k_h * half + k_w`` per tile (bins past ``rows * half`` are zero padding), real and
+imaginary parts apart ("planar"), the bins innermost. Planes are ordered as the products read them:
+
+* input spectra ``X``: ``(q, b, c)`` for every input slice ``q`` at once;
+* filter spectra ``K`` of a chunk: ``(i, k, o, c)`` (offset index, rotation in the chunk);
+* output (gradient) spectra ``Y`` / ``G`` of a chunk: ``(b, k, o)``;
+* filter-gradient spectra ``H`` of a chunk: ``(i, k, o, c)``; input-gradient spectra ``GX``:
+  ``(q, b, c)``, summed over every chunk.
+
+Per bin, with ``Khat = conj(DFT(g))`` and ``Gc = conj(DFT(grad_y))`` (the conventions of
+:mod:`rstfast.fft`): ``Y[k] = sum_{(i, q) read by k} X[q] @ K[i, k]^T``, ``GX[q] += sum_{(k, i)
+reading q} Gc[k] @ K[i, k]``, ``H[i, k] = Gc[k]^T @ X[q]`` -- each one call of
+``rstfast_cpp::fft_tile_products`` per chunk (bins in the vector lanes, every read of an output
+accumulated in registers).
+"""
+from __future__ import annotations
+
+import functools
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+
+from ..geometry import Geometry
+from .plan import Chunk, Plan, as_group, filter_slots
+from .transforms import Axis, _half_forward, _half_inverse, _phases
+
+__all__ = ["unavailable_reason", "lanes", "tiles", "conv_forward", "conv_backward"]
+
+
+def unavailable_reason() -> Optional[str]:
+    """None when the C++ CPU kernels are built and loaded, else why not."""
+    from ..csrc.build import ensure_built
+    return ensure_built(cuda=False)
+
+
+def lanes(dtype: torch.dtype) -> int:
+    """Bins per tile: one 64-byte cache line of ``dtype``."""
+    return 64 // dtype.itemsize
+
+
+def tiles(plan: Plan, dtype: torch.dtype) -> int:
+    return -(-plan.bins // lanes(dtype))
+
+
+def _spectrum(like: torch.Tensor, plan: Plan, planes: int, zero: bool = False) -> torch.Tensor:
+    """A new tile-major spectrum ``[tiles, planes, 2, L]`` of x's real dtype."""
+    shape = (tiles(plan, like.dtype), planes, 2, lanes(like.dtype))
+    return like.new_zeros(shape) if zero else like.new_empty(shape)
+
+
+@functools.lru_cache(maxsize=256)
+def _forward_tables(rows: Axis, cols: Axis, dtype: torch.dtype) -> Tuple[torch.Tensor, ...]:
+    """``cols [W, 2*half]`` (real / imaginary part of column frequency ``k`` at ``2k``, ``2k+1``)
+    and ``rows [N_h, H, 2]`` (the complex phases of the row frequencies)."""
+    cpu = torch.device("cpu")
+    row_phases = _phases(rows, rows.size, cpu, dtype.to_complex())
+    return (_half_forward(cols, cpu, dtype).contiguous(),
+            torch.view_as_real(row_phases).contiguous())
+
+
+@functools.lru_cache(maxsize=256)
+def _inverse_tables(rows: Axis, cols: Axis, dtype: torch.dtype) -> Tuple[torch.Tensor, ...]:
+    """``cols [2*half, W]`` (the real column inverse, pair weights and ``1/(N_h N_w)`` included)
+    and ``rows [H, N_h, 2]``: the inverse of :func:`_forward_tables` for the opposite signs."""
+    cpu = torch.device("cpu")
+    row_phases = _phases(rows, rows.size, cpu, dtype.to_complex()).t()
+    return (_half_inverse(cols, 1.0 / (rows.size * cols.size), cpu, dtype).contiguous(),
+            torch.view_as_real(row_phases.contiguous()).contiguous())
+
+
+def to_tiles(z: torch.Tensor, out: torch.Tensor, rows: Axis, cols: Axis) -> None:
+    """Spectra of the real planes ``z [D0, D1, D2, rows.count, cols.count]`` (any strides) into
+    ``out [tiles, D0*D1*D2, 2, L]``: ``Z[k_h, k_w] = sum z[h, w] phase_rows[k_h, h]
+    phase_cols[k_w, w]`` (as :func:`rstfast.fft.transforms.to_spectrum`)."""
+    torch.ops.rstfast_cpp.fft_to_tiles(z, out, *_forward_tables(rows, cols, z.dtype))
+
+
+def from_tiles(spec: torch.Tensor, z: torch.Tensor, rows: Axis, cols: Axis) -> None:
+    """The real planes ``z [D0, D1, D2, rows.count, cols.count]`` (written, any strides) of the
+    spectra ``spec`` (as :func:`rstfast.fft.transforms.from_spectrum`)."""
+    torch.ops.rstfast_cpp.fft_from_tiles(spec, z, *_inverse_tables(rows, cols, z.dtype))
+
+
+def products(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor,
+             groups: Sequence[Tuple[int, Sequence[Tuple[int, int]]]], sizes: Sequence[int],
+             strides: Sequence[int], accumulate: bool) -> None:
+    """``out[g][m, n] (+)= sum_{(a_off, b_off) of group g} sum_k a[a_off + m*am + k*ak] *
+    b[b_off + k*bk + n*bn]`` per bin; ``groups`` lists ``(out offset, pairs)``, ``sizes`` is
+    ``[M, N, K]``, ``strides`` ``[am, ak, bk, bn, om, on]``, all in planes."""
+    a_offsets = [pair[0] for _, pairs in groups for pair in pairs]
+    b_offsets = [pair[1] for _, pairs in groups for pair in pairs]
+    ends, total = [], 0
+    for _, pairs in groups:
+        total += len(pairs)
+        ends.append(total)
+    torch.ops.rstfast_cpp.fft_tile_products(a, b, out, a_offsets, b_offsets,
+                                            [offset for offset, _ in groups], ends, list(sizes),
+                                            list(strides), accumulate)
+
+
+def _input_spectra(x5: torch.Tensor, plan: Plan) -> torch.Tensor:
+    """``X`` of every input slice, planes ``(q, b, c)``."""
+    batch, channels, slices = x5.shape[:3]
+    spectra = _spectrum(x5, plan, slices * batch * channels)
+    to_tiles(x5.permute(2, 0, 1, 3, 4), spectra, *plan.input_axes())
+    return spectra
+
+
+def _filter_spectra(filters: torch.Tensor, plan: Plan, chunk: Chunk, like: torch.Tensor
+                    ) -> torch.Tensor:
+    """``K`` of the chunk's slots, planes ``(i, k, o, c)``."""
+    geo = plan.geo
+    per_offset = len(chunk.rotations) * geo.out_channels * geo.in_channels
+    spectra = _spectrum(like, plan, len(chunk.offsets) * per_offset)
+    for i, taps in enumerate(filter_slots(filters, geo, chunk)):
+        to_tiles(taps.to(like.dtype), spectra[:, i * per_offset:(i + 1) * per_offset],
+                 *plan.filter_axes(chunk.scale))
+    return spectra
+
+
+def _output_view(y: torch.Tensor, chunk: Chunk) -> torch.Tensor:
+    """The chunk's slices of ``y [B, O, T, H', W']`` as planes ``(b, k, o)``: a view."""
+    return y[:, :, chunk.slices].permute(0, 2, 1, 3, 4)
+
+
+def conv_forward(x: torch.Tensor, filters: torch.Tensor, bias: Optional[torch.Tensor],
+                 plan: Plan, chunks: List[Chunk]) -> torch.Tensor:
+    """y ``[B, O, T, H', W']`` (contiguous, x's dtype); see :func:`rstfast.fft.conv_forward`."""
+    geo = plan.geo
+    x5 = as_group(x, geo)
+    batch, channels, out_channels = x.shape[0], geo.in_channels, geo.out_channels
+    y = x.new_empty(geo.out_shape(x.shape))
+    spec_x = _input_spectra(x5, plan)
+    for chunk in chunks:
+        rotations = len(chunk.rotations)
+        spec_k = _filter_spectra(filters, plan, chunk, x)
+        spec_y = _spectrum(x, plan, batch * rotations * out_channels)
+        groups = [(k * out_channels, [(q * batch * channels, (i * rotations + k) * out_channels
+                                       * channels) for kk, i, q in chunk.reads if kk == k])
+                  for k in range(rotations)]
+        products(spec_x, spec_k, spec_y, groups, (batch, out_channels, channels),
+                 (channels, 1, 1, channels, rotations * out_channels, 1), accumulate=False)
+        del spec_k
+        if bias is not None:           # a constant: the zero frequency times N_h * N_w
+            spec_y[0, :, 0, 0].view(batch, rotations, out_channels).add_(
+                bias.to(x.dtype) * (plan.rows * plan.cols))
+        from_tiles(spec_y, _output_view(y, chunk), *plan.output_axes())
+    return y
+
+
+def conv_backward(grad_y: torch.Tensor, x: torch.Tensor, filters: torch.Tensor, plan: Plan,
+                  chunks: List[Chunk], need_input: bool, need_filters: bool
+                  ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """``(grad_x, grad_filters)``; see :func:`rstfast.fft.conv_backward`."""
+    geo = plan.geo
+    x5, dtype = as_group(x, geo), x.dtype
+    batch, channels, out_channels = x.shape[0], geo.in_channels, geo.out_channels
+    grad_y = grad_y.to(dtype)
+    spec_x = _input_spectra(x5, plan) if need_filters else None
+    spec_gx = _spectrum(x, plan, x5.shape[2] * batch * channels, zero=True) if need_input else None
+    grad_filters = torch.zeros_like(filters) if need_filters else None
+    for chunk in chunks:
+        rotations = len(chunk.rotations)
+        per_offset = rotations * out_channels * channels
+        spec_g = _spectrum(x, plan, batch * rotations * out_channels)
+        to_tiles(_output_view(grad_y, chunk), spec_g, *plan.output_axes())
+        if need_input:                  # conj(DFT(grad_x[q])) += conj(G[k]) @ K[i, k]
+            spec_k = _filter_spectra(filters, plan, chunk, x)
+            groups = [(q * batch * channels, [(k * out_channels, (i * rotations + k)
+                                               * out_channels * channels) for k, i in pairs])
+                      for q, pairs in chunk.readers().items()]
+            products(spec_g, spec_k, spec_gx, groups, (batch, channels, out_channels),
+                     (rotations * out_channels, 1, channels, 1, channels, 1), accumulate=True)
+            del spec_k
+        if need_filters:                # H[i, k] = conj(G[k])^T @ X[q], back at the taps
+            spec_h = _spectrum(x, plan, len(chunk.offsets) * per_offset)
+            groups = [((i * rotations + k) * out_channels * channels,
+                       [(k * out_channels, q * batch * channels)]) for k, i, q in chunk.reads]
+            products(spec_g, spec_x, spec_h, groups, (out_channels, channels, batch),
+                     (1, rotations * out_channels, channels, 1, channels, 1), accumulate=False)
+            for i, taps in enumerate(filter_slots(grad_filters, geo, chunk)):
+                computed = taps if taps.dtype == dtype else taps.new_empty(taps.shape, dtype=dtype)
+                from_tiles(spec_h[:, i * per_offset:(i + 1) * per_offset], computed,
+                           *plan.filter_axes(chunk.scale))
+                if computed is not taps:
+                    taps.copy_(computed)
+    grad_x = None
+    if need_input:
+        grad_x5 = x5.new_empty(x5.shape)
+        from_tiles(spec_gx, grad_x5.permute(2, 0, 1, 3, 4), *plan.input_axes())
+        grad_x = grad_x5.squeeze(2) if geo.lifting else grad_x5
+    return grad_x, grad_filters
