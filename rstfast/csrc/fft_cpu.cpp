@@ -14,6 +14,18 @@
 // Products (fft_tile_products): out[g][m, n] (+)= sum over the pairs j of group g and k of
 // a_j[m, k] * b_j[k, n] per bin, the bins of a tile in the lanes, an MB x NB block of outputs in
 // registers, every pair and k accumulated in one pass.
+
+// ATen's vector helpers (at::vec) for the instruction set this file is compiled for, in an inline
+// namespace of their own (not libtorch's): the transposes between the planes' layout, the
+// planes-in-lanes groups and the tiles use its 16 x 16 block transposes (float32).
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__) && defined(__AVX512VL__)
+#define CPU_CAPABILITY_AVX512
+#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#define CPU_CAPABILITY_AVX2
+#endif
+#define CPU_CAPABILITY rstfast_fft_cpu
+#include <ATen/cpu/vec/vec.h>
+
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -52,8 +64,12 @@ constexpr int64_t kWidth = kRegisterBytes / sizeof(T);
 // Register blocks (accumulators = 2 * rows * cols vectors for complex, rows * cols for real),
 // measured on the 2-core Xeon (AVX-512) and with -march=x86-64-v3 builds on it (AVX2), see
 // benchmarks/results/fft_roofline_cpu.md.
+#ifndef TUNE_MB
 constexpr int kProductRows = kManyRegisters ? 3 : 2;   // MB: rows of the output block
 constexpr int kProductCols = kManyRegisters ? 4 : 2;   // NB
+#else
+constexpr int kProductRows = TUNE_MB, kProductCols = TUNE_NB;
+#endif
 constexpr int kRealRows = kManyRegisters ? 4 : 2;
 constexpr int kRealCols = kManyRegisters ? 4 : 3;
 constexpr int kComplexRows = kManyRegisters ? 2 : 1;
@@ -85,6 +101,25 @@ void select_block(int rows, int cols, F&& f) {
 }
 
 // ------------------------------------------------------------------------------ transforms
+
+// dst[j * ld_dst + i] = src[i * ld_src + j] for i < rows, j < cols, in 16 x 16 blocks.
+template <typename T>
+void transpose(const T* src, int64_t ld_src, T* dst, int64_t ld_dst, int64_t rows,
+               int64_t cols) {
+  for (int64_t i = 0; i < rows; i += 16) {
+    const int m = static_cast<int>(std::min<int64_t>(16, rows - i));
+    for (int64_t j = 0; j < cols; j += 16) {
+      const int n = static_cast<int>(std::min<int64_t>(16, cols - j));
+      const T* from = src + i * ld_src + j;
+      T* to = dst + j * ld_dst + i;
+      if (m == 16 && n == 16) {
+        at::vec::transpose_mxn<T, 16, 16>(from, ld_src, to, ld_dst);
+      } else {
+        at::vec::transpose_mxn<T>(from, ld_src, to, ld_dst, m, n);
+      }
+    }
+  }
+}
 
 // out[r][c] = sum_i m[r*mr + i*mi] * in[i*is + c*cs] for an R x C block; in and out entries are
 // vectors of kLanes planes (strides in elements).
@@ -208,6 +243,17 @@ struct Planes {
         cols(z.size(4)) {}
 
   int64_t count() const { return sizes[0] * sizes[1] * sizes[2]; }
+  // The stride between planes first .. first + count - 1 when they are evenly spaced (and do not
+  // overlap a row), else 0.
+  int64_t step(int64_t first, int64_t count) const {
+    if (count < 2) return cols;
+    const int64_t base = offset(first), stride = offset(first + 1) - base;
+    if (stride < cols && -stride < cols) return 0;
+    for (int64_t v = 2; v < count; ++v) {
+      if (offset(first + v) - base != v * stride) return 0;
+    }
+    return stride;
+  }
   int64_t offset(int64_t p) const {
     const int64_t i2 = p % sizes[2], i1 = (p / sizes[2]) % sizes[1], i0 = p / (sizes[1] * sizes[2]);
     return i0 * strides[0] + i1 * strides[1] + i2 * strides[2];
@@ -229,15 +275,24 @@ void to_tiles_groups(const T* z, const Planes& planes, T* out, int64_t out_tile_
   constexpr int64_t L = kLanes<T>;
   const int64_t height = s.rows, width = s.cols, half = s.half, pb = s.padded_bins;
   std::vector<T> samples(width * height * L), columns(2 * half * height * L),
-      spectrum(2 * pb * L, T(0));     // the padding bins stay zero
+      spectrum(2 * pb * L, T(0)),     // the padding bins stay zero
+      rows_of_group(L * width);
   for (int64_t group = first; group < last; ++group) {
     const int64_t p0 = group * L, count = std::min<int64_t>(L, planes.count() - p0);
     if (count < L) std::fill(samples.begin(), samples.end(), T(0));
-    for (int64_t v = 0; v < count; ++v) {       // samples[w][h][v]
-      const T* plane = z + planes.offset(p0 + v);
-      for (int64_t h = 0; h < height; ++h)
-        for (int64_t w = 0; w < width; ++w)
-          samples[(w * height + h) * L + v] = plane[h * planes.row_stride + w * planes.col_stride];
+    const int64_t step = planes.step(p0, count);
+    for (int64_t h = 0; h < height; ++h) {      // samples[w][h][v] = plane v at (h, w)
+      if (step != 0 && planes.col_stride == 1) {
+        transpose<T>(z + planes.offset(p0) + h * planes.row_stride, step,
+                     samples.data() + h * L, height * L, count, width);
+        continue;
+      }
+      for (int64_t v = 0; v < count; ++v) {
+        const T* row = z + planes.offset(p0 + v) + h * planes.row_stride;
+        T* to = rows_of_group.data() + v * width;
+        for (int64_t w = 0; w < width; ++w) to[w] = row[w * planes.col_stride];
+      }
+      transpose<T>(rows_of_group.data(), width, samples.data() + h * L, height * L, count, width);
     }
     // columns[2k + ri][h] = sum_w cols[w][2k + ri] * samples[w][h]
     real_matmul<T>(cols, 1, 2 * half, samples.data(), height * L, L, columns.data(), height * L, L,
@@ -245,13 +300,10 @@ void to_tiles_groups(const T* z, const Planes& planes, T* out, int64_t out_tile_
     // spectrum[ri][k_h * half + k_w] = sum_h rows[k_h][h] * columns[2 k_w + (re, im)][h]
     complex_matmul<T>(rows, 2 * height, 2, columns.data(), L, 2 * height * L, height * L,
                       spectrum.data(), half * L, L, pb * L, s.freq_rows, half, height);
-    for (int64_t v = 0; v < count; ++v)
-      for (int64_t tile = 0; tile < s.tiles; ++tile)
-        for (int64_t ri = 0; ri < 2; ++ri) {
-          T* dst = out + tile * out_tile_stride + ((p0 + v) * 2 + ri) * L;
-          const T* src = spectrum.data() + (ri * pb + tile * L) * L + v;
-          for (int64_t l = 0; l < L; ++l) dst[l] = src[l * L];
-        }
+    for (int64_t tile = 0; tile < s.tiles; ++tile)   // out[tile][p0 + v][ri][l]
+      for (int64_t ri = 0; ri < 2; ++ri)
+        transpose<T>(spectrum.data() + (ri * pb + tile * L) * L, L,
+                     out + tile * out_tile_stride + (p0 * 2 + ri) * L, 2 * L, L, count);
   }
 }
 
@@ -264,28 +316,34 @@ void from_tiles_groups(const T* spec, int64_t spec_tile_stride, T* z, const Plan
                        int64_t last) {
   constexpr int64_t L = kLanes<T>;
   const int64_t height = s.rows, width = s.cols, half = s.half, pb = s.padded_bins;
-  std::vector<T> spectrum(2 * pb * L), columns(2 * half * height * L), samples(width * height * L);
+  std::vector<T> spectrum(2 * pb * L), columns(2 * half * height * L),
+      samples(width * height * L), rows_of_group(L * width);
   for (int64_t group = first; group < last; ++group) {
     const int64_t p0 = group * L, count = std::min<int64_t>(L, planes.count() - p0);
     if (count < L) std::fill(spectrum.begin(), spectrum.end(), T(0));
-    for (int64_t v = 0; v < count; ++v)
-      for (int64_t tile = 0; tile < s.tiles; ++tile)
-        for (int64_t ri = 0; ri < 2; ++ri) {
-          const T* src = spec + tile * spec_tile_stride + ((p0 + v) * 2 + ri) * L;
-          T* dst = spectrum.data() + (ri * pb + tile * L) * L + v;
-          for (int64_t l = 0; l < L; ++l) dst[l * L] = src[l];
-        }
+    for (int64_t tile = 0; tile < s.tiles; ++tile)   // spectrum[ri][tile * L + l][v]
+      for (int64_t ri = 0; ri < 2; ++ri)
+        transpose<T>(spec + tile * spec_tile_stride + (p0 * 2 + ri) * L, 2 * L,
+                     spectrum.data() + (ri * pb + tile * L) * L, L, count, L);
     // columns[2 k_w + (re, im)][h] = sum_{k_h} rows[h][k_h] * spectrum[k_h * half + k_w]
     complex_matmul<T>(rows, 2 * s.freq_rows, 2, spectrum.data(), half * L, L, pb * L,
                       columns.data(), L, 2 * height * L, height * L, height, half, s.freq_rows);
     // samples[w][h] = sum_c cols[c][w] * columns[c][h]
     real_matmul<T>(cols, 1, width, columns.data(), height * L, L, samples.data(), height * L, L,
                    width, height, 2 * half);
-    for (int64_t v = 0; v < count; ++v) {
-      T* plane = z + planes.offset(p0 + v);
-      for (int64_t h = 0; h < height; ++h)
-        for (int64_t w = 0; w < width; ++w)
-          plane[h * planes.row_stride + w * planes.col_stride] = samples[(w * height + h) * L + v];
+    const int64_t step = planes.step(p0, count);
+    for (int64_t h = 0; h < height; ++h) {      // plane v at (h, w) = samples[w][h][v]
+      if (step != 0 && planes.col_stride == 1) {
+        transpose<T>(samples.data() + h * L, height * L, z + planes.offset(p0) + h * planes.row_stride,
+                     step, width, count);
+        continue;
+      }
+      transpose<T>(samples.data() + h * L, height * L, rows_of_group.data(), width, width, count);
+      for (int64_t v = 0; v < count; ++v) {
+        T* row = z + planes.offset(p0 + v) + h * planes.row_stride;
+        const T* from = rows_of_group.data() + v * width;
+        for (int64_t w = 0; w < width; ++w) row[w * planes.col_stride] = from[w];
+      }
     }
   }
 }
@@ -397,13 +455,22 @@ struct Products {
   bool accumulate;
 };
 
-// One MB x NB block of outputs of tile `tile`, group `g`, at (m0, n0).
+// Products up to this many k per pass: an NB-column panel of b (k_chunk x NB planes, 2 cache
+// lines each) stays in L1 while every row block of a streams past it.
+#ifndef TUNE_KC
+constexpr int64_t kChunk = 48;
+#else
+constexpr int64_t kChunk = TUNE_KC;
+#endif
+
+// One MB x NB block of outputs at (m0, n0) of the tile pointed to by a, b, out (already offset
+// to the tile, the pair and the block's first row / column), over k < count: added to the
+// block's current values unless `start` (then it starts from zero).
 template <typename T, int MB, int NB>
-void product_block(const Products<T>& p, int64_t g, int64_t tile, int64_t m0, int64_t n0) {
+void product_block(const Products<T>& p, const T* a, const T* b, T* out, int64_t count,
+                   bool start) {
   constexpr int64_t L = kLanes<T>, W = kWidth<T>, plane = 2 * L;
-  const int64_t first = g == 0 ? 0 : p.group_ends[g - 1], last = p.group_ends[g];
   const int64_t am = p.am * plane, ak = p.ak * plane, bk = p.bk * plane, bn = p.bn * plane;
-  T* out = p.out + tile * p.out_tile + (p.out_offsets[g] + m0 * p.om + n0 * p.on) * plane;
   for (int64_t part = 0; part < L; part += W) {
     T re[MB][NB][W], im[MB][NB][W];
     for (int i = 0; i < MB; ++i)
@@ -411,29 +478,25 @@ void product_block(const Products<T>& p, int64_t g, int64_t tile, int64_t m0, in
         const T* o = out + (i * p.om + j * p.on) * plane + part;
 #pragma omp simd
         for (int64_t l = 0; l < W; ++l) {
-          re[i][j][l] = p.accumulate ? o[l] : T(0);
-          im[i][j][l] = p.accumulate ? o[L + l] : T(0);
+          re[i][j][l] = start ? T(0) : o[l];
+          im[i][j][l] = start ? T(0) : o[L + l];
         }
       }
-    for (int64_t pair = first; pair < last; ++pair) {
-      const T* a = p.a + tile * p.a_tile + (p.a_offsets[pair] + m0 * p.am) * plane + part;
-      const T* b = p.b + tile * p.b_tile + (p.b_offsets[pair] + n0 * p.bn) * plane + part;
-      for (int64_t k = 0; k < p.k; ++k) {
-        const T* ak_row = a + k * ak;
-        const T* bk_row = b + k * bk;
+    for (int64_t k = 0; k < count; ++k) {
+      const T* ak_row = a + k * ak + part;
+      const T* bk_row = b + k * bk + part;
 #pragma GCC unroll 8
-        for (int i = 0; i < MB; ++i) {
-          const T* ar = ak_row + i * am;
+      for (int i = 0; i < MB; ++i) {
+        const T* ar = ak_row + i * am;
 #pragma GCC unroll 8
-          for (int j = 0; j < NB; ++j) {
-            const T* br = bk_row + j * bn;
+        for (int j = 0; j < NB; ++j) {
+          const T* br = bk_row + j * bn;
 #pragma omp simd
-            for (int64_t l = 0; l < W; ++l) {
-              re[i][j][l] += ar[l] * br[l];
-              re[i][j][l] -= ar[L + l] * br[L + l];
-              im[i][j][l] += ar[l] * br[L + l];
-              im[i][j][l] += ar[L + l] * br[l];
-            }
+          for (int64_t l = 0; l < W; ++l) {
+            re[i][j][l] += ar[l] * br[l];
+            re[i][j][l] -= ar[L + l] * br[L + l];
+            im[i][j][l] += ar[l] * br[L + l];
+            im[i][j][l] += ar[L + l] * br[l];
           }
         }
       }
@@ -452,19 +515,38 @@ void product_block(const Products<T>& p, int64_t g, int64_t tile, int64_t m0, in
 
 template <typename T>
 void run_products(const Products<T>& p, int64_t groups, int64_t tiles) {
+  constexpr int64_t plane = 2 * kLanes<T>;
   const int64_t col_blocks = (p.n + kProductCols - 1) / kProductCols;
   const int64_t items = groups * tiles * col_blocks;
-  // Consecutive items share the group and tile (the same a block): each thread gets a range.
+  // Consecutive items share the group and tile (the same a tile): each thread gets a range.
   at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
       const int64_t cb_index = item % col_blocks, tile = (item / col_blocks) % tiles;
       const int64_t g = item / (col_blocks * tiles), n0 = cb_index * kProductCols;
       const int nb = static_cast<int>(std::min<int64_t>(kProductCols, p.n - n0));
-      for (int64_t m0 = 0; m0 < p.m; m0 += kProductRows) {
-        const int mb = static_cast<int>(std::min<int64_t>(kProductRows, p.m - m0));
-        select_block<kProductRows, kProductCols>(mb, nb, [&](auto MB, auto NB) {
-          product_block<T, decltype(MB)::value, decltype(NB)::value>(p, g, tile, m0, n0);
-        });
+      const int64_t first = g == 0 ? 0 : p.group_ends[g - 1], last = p.group_ends[g];
+      T* out = p.out + tile * p.out_tile + (p.out_offsets[g] + n0 * p.on) * plane;
+      bool start = !p.accumulate;
+      for (int64_t pair = first; pair < last; ++pair) {
+        const T* a = p.a + tile * p.a_tile + p.a_offsets[pair] * plane;
+        const T* b = p.b + tile * p.b_tile + (p.b_offsets[pair] + n0 * p.bn) * plane;
+        for (int64_t k0 = 0; k0 < p.k; k0 += kChunk) {
+          const int64_t count = std::min<int64_t>(kChunk, p.k - k0);
+          for (int64_t m0 = 0; m0 < p.m; m0 += kProductRows) {
+            const int mb = static_cast<int>(std::min<int64_t>(kProductRows, p.m - m0));
+            select_block<kProductRows, kProductCols>(mb, nb, [&](auto MB, auto NB) {
+              product_block<T, decltype(MB)::value, decltype(NB)::value>(
+                  p, a + (m0 * p.am + k0 * p.ak) * plane, b + k0 * p.bk * plane,
+                  out + m0 * p.om * plane, count, start);
+            });
+          }
+          start = false;
+        }
+      }
+      if (start) {                  // a group without pairs: zero outputs
+        for (int64_t m = 0; m < p.m; ++m)
+          for (int j = 0; j < nb; ++j)
+            std::fill_n(out + (m * p.om + j * p.on) * plane, plane, T(0));
       }
     }
   });

@@ -4,17 +4,20 @@ Spectra are ``[tiles, planes, 2, L]`` tensors: ``L = 64 bytes / itemsize`` conse
 bins ``b = k_h * half + k_w`` per tile (bins past ``rows * half`` are zero padding), real and
 imaginary parts apart ("planar"), the bins innermost. Planes are ordered as the products read them:
 
-* input spectra ``X``: ``(q, b, c)`` for every input slice ``q`` at once;
-* filter spectra ``K`` of a chunk: ``(i, k, o, c)`` (offset index, rotation in the chunk);
+* input spectra ``X``: ``(q, b, c)`` in the forward, ``(q, c, b)`` in the backward, for every
+  input slice ``q`` at once;
+* filter spectra ``K`` of a chunk: ``(i, k, o, c)`` in the forward, ``(i, k, c, o)`` in the
+  backward (offset index ``i``, rotation ``k`` in the chunk);
 * output (gradient) spectra ``Y`` / ``G`` of a chunk: ``(b, k, o)``;
 * filter-gradient spectra ``H`` of a chunk: ``(i, k, o, c)``; input-gradient spectra ``GX``:
-  ``(q, b, c)``, summed over every chunk.
+  ``(q, c, b)``, summed over every chunk.
 
 Per bin, with ``Khat = conj(DFT(g))`` and ``Gc = conj(DFT(grad_y))`` (the conventions of
-:mod:`rstfast.fft`): ``Y[k] = sum_{(i, q) read by k} X[q] @ K[i, k]^T``, ``GX[q] += sum_{(k, i)
-reading q} Gc[k] @ K[i, k]``, ``H[i, k] = Gc[k]^T @ X[q]`` -- each one call of
+:mod:`rstfast.fft`): ``Y[k] = sum_{(i, q) read by k} X[q] @ K[i, k]^T``, ``GX[q]^T += sum_{(k, i)
+reading q} K[i, k]^T @ Gc[k]^T``, ``H[i, k] = Gc[k]^T @ X[q]`` -- each one call of
 ``rstfast_cpp::fft_tile_products`` per chunk (bins in the vector lanes, every read of an output
-accumulated in registers).
+accumulated in registers). The orders put the contracted index of the second operand
+innermost: its panel is read in order while it stays in cache.
 """
 from __future__ import annotations
 
@@ -101,23 +104,25 @@ def products(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor,
                                             list(strides), accumulate)
 
 
-def _input_spectra(x5: torch.Tensor, plan: Plan) -> torch.Tensor:
-    """``X`` of every input slice, planes ``(q, b, c)``."""
+def _input_spectra(x5: torch.Tensor, plan: Plan, batch_last: bool) -> torch.Tensor:
+    """``X`` of every input slice, planes ``(q, b, c)`` or, ``batch_last``, ``(q, c, b)``."""
     batch, channels, slices = x5.shape[:3]
     spectra = _spectrum(x5, plan, slices * batch * channels)
-    to_tiles(x5.permute(2, 0, 1, 3, 4), spectra, *plan.input_axes())
+    to_tiles(x5.permute(2, 1, 0, 3, 4) if batch_last else x5.permute(2, 0, 1, 3, 4), spectra,
+             *plan.input_axes())
     return spectra
 
 
-def _filter_spectra(filters: torch.Tensor, plan: Plan, chunk: Chunk, like: torch.Tensor
-                    ) -> torch.Tensor:
-    """``K`` of the chunk's slots, planes ``(i, k, o, c)``."""
+def _filter_spectra(filters: torch.Tensor, plan: Plan, chunk: Chunk, like: torch.Tensor,
+                    out_last: bool) -> torch.Tensor:
+    """``K`` of the chunk's slots, planes ``(i, k, o, c)`` or, ``out_last``, ``(i, k, c, o)``."""
     geo = plan.geo
     per_offset = len(chunk.rotations) * geo.out_channels * geo.in_channels
     spectra = _spectrum(like, plan, len(chunk.offsets) * per_offset)
     for i, taps in enumerate(filter_slots(filters, geo, chunk)):
-        to_tiles(taps.to(like.dtype), spectra[:, i * per_offset:(i + 1) * per_offset],
-                 *plan.filter_axes(chunk.scale))
+        taps = taps.to(like.dtype)
+        to_tiles(taps.permute(0, 2, 1, 3, 4) if out_last else taps,
+                 spectra[:, i * per_offset:(i + 1) * per_offset], *plan.filter_axes(chunk.scale))
     return spectra
 
 
@@ -133,10 +138,10 @@ def conv_forward(x: torch.Tensor, filters: torch.Tensor, bias: Optional[torch.Te
     x5 = as_group(x, geo)
     batch, channels, out_channels = x.shape[0], geo.in_channels, geo.out_channels
     y = x.new_empty(geo.out_shape(x.shape))
-    spec_x = _input_spectra(x5, plan)
+    spec_x = _input_spectra(x5, plan, batch_last=False)
     for chunk in chunks:
         rotations = len(chunk.rotations)
-        spec_k = _filter_spectra(filters, plan, chunk, x)
+        spec_k = _filter_spectra(filters, plan, chunk, x, out_last=False)
         spec_y = _spectrum(x, plan, batch * rotations * out_channels)
         groups = [(k * out_channels, [(q * batch * channels, (i * rotations + k) * out_channels
                                        * channels) for kk, i, q in chunk.reads if kk == k])
@@ -159,7 +164,7 @@ def conv_backward(grad_y: torch.Tensor, x: torch.Tensor, filters: torch.Tensor, 
     x5, dtype = as_group(x, geo), x.dtype
     batch, channels, out_channels = x.shape[0], geo.in_channels, geo.out_channels
     grad_y = grad_y.to(dtype)
-    spec_x = _input_spectra(x5, plan) if need_filters else None
+    spec_x = _input_spectra(x5, plan, batch_last=True) if need_filters else None
     spec_gx = _spectrum(x, plan, x5.shape[2] * batch * channels, zero=True) if need_input else None
     grad_filters = torch.zeros_like(filters) if need_filters else None
     for chunk in chunks:
@@ -167,20 +172,20 @@ def conv_backward(grad_y: torch.Tensor, x: torch.Tensor, filters: torch.Tensor, 
         per_offset = rotations * out_channels * channels
         spec_g = _spectrum(x, plan, batch * rotations * out_channels)
         to_tiles(_output_view(grad_y, chunk), spec_g, *plan.output_axes())
-        if need_input:                  # conj(DFT(grad_x[q])) += conj(G[k]) @ K[i, k]
-            spec_k = _filter_spectra(filters, plan, chunk, x)
-            groups = [(q * batch * channels, [(k * out_channels, (i * rotations + k)
-                                               * out_channels * channels) for k, i in pairs])
+        if need_input:                  # conj(DFT(grad_x[q]))^T += K[i, k]^T @ conj(G[k])^T
+            spec_k = _filter_spectra(filters, plan, chunk, x, out_last=True)
+            groups = [(q * batch * channels, [((i * rotations + k) * out_channels * channels,
+                                               k * out_channels) for k, i in pairs])
                       for q, pairs in chunk.readers().items()]
-            products(spec_g, spec_k, spec_gx, groups, (batch, channels, out_channels),
-                     (rotations * out_channels, 1, channels, 1, channels, 1), accumulate=True)
+            products(spec_k, spec_g, spec_gx, groups, (channels, batch, out_channels),
+                     (out_channels, 1, 1, rotations * out_channels, batch, 1), accumulate=True)
             del spec_k
         if need_filters:                # H[i, k] = conj(G[k])^T @ X[q], back at the taps
             spec_h = _spectrum(x, plan, len(chunk.offsets) * per_offset)
             groups = [((i * rotations + k) * out_channels * channels,
                        [(k * out_channels, q * batch * channels)]) for k, i, q in chunk.reads]
             products(spec_g, spec_x, spec_h, groups, (out_channels, channels, batch),
-                     (1, rotations * out_channels, channels, 1, channels, 1), accumulate=False)
+                     (1, rotations * out_channels, 1, batch, channels, 1), accumulate=False)
             for i, taps in enumerate(filter_slots(grad_filters, geo, chunk)):
                 computed = taps if taps.dtype == dtype else taps.new_empty(taps.shape, dtype=dtype)
                 from_tiles(spec_h[:, i * per_offset:(i + 1) * per_offset], computed,
@@ -190,6 +195,6 @@ def conv_backward(grad_y: torch.Tensor, x: torch.Tensor, filters: torch.Tensor, 
     grad_x = None
     if need_input:
         grad_x5 = x5.new_empty(x5.shape)
-        from_tiles(spec_gx, grad_x5.permute(2, 0, 1, 3, 4), *plan.input_axes())
+        from_tiles(spec_gx, grad_x5.permute(2, 1, 0, 3, 4), *plan.input_axes())
         grad_x = grad_x5.squeeze(2) if geo.lifting else grad_x5
     return grad_x, grad_filters
