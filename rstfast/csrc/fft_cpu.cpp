@@ -64,12 +64,8 @@ constexpr int64_t kWidth = kRegisterBytes / sizeof(T);
 // Register blocks (accumulators = 2 * rows * cols vectors for complex, rows * cols for real),
 // measured on the 2-core Xeon (AVX-512) and with -march=x86-64-v3 builds on it (AVX2), see
 // benchmarks/results/fft_roofline_cpu.md.
-#ifndef TUNE_MB
 constexpr int kProductRows = kManyRegisters ? 3 : 2;   // MB: rows of the output block
 constexpr int kProductCols = kManyRegisters ? 4 : 2;   // NB
-#else
-constexpr int kProductRows = TUNE_MB, kProductCols = TUNE_NB;
-#endif
 constexpr int kRealRows = kManyRegisters ? 4 : 2;
 constexpr int kRealCols = kManyRegisters ? 4 : 3;
 constexpr int kComplexRows = kManyRegisters ? 2 : 1;
@@ -265,6 +261,54 @@ struct TransformShape {
   int64_t tiles, padded_bins, freq_rows, half, rows, cols;
 };
 
+// Copies between the planes of a group (kLanes planes from p0, `count` of them) and a buffer
+// [H][W][kLanes] with the planes in the lanes: whole planes at once when they are contiguous,
+// else row by row; through `rows` ([kLanes][H * W], a staging buffer) unless the group's planes
+// are evenly spaced.
+template <typename T>
+void planes_to_lanes(const T* z, const Planes& planes, int64_t p0, int64_t count, T* lanes,
+                     T* rows) {
+  constexpr int64_t L = kLanes<T>;
+  const int64_t height = planes.rows, width = planes.cols, step = planes.step(p0, count);
+  const bool whole = planes.col_stride == 1 && planes.row_stride == width;
+  const int64_t span = whole ? height * width : width;     // elements per copied row
+  for (int64_t h = 0; h < (whole ? 1 : height); ++h) {
+    const int64_t at = h * planes.row_stride;
+    if (step != 0 && planes.col_stride == 1) {
+      transpose<T>(z + planes.offset(p0) + at, step, lanes + h * width * L, L, count, span);
+      continue;
+    }
+    for (int64_t v = 0; v < count; ++v) {
+      const T* from = z + planes.offset(p0 + v) + at;
+      T* to = rows + v * span;
+      for (int64_t w = 0; w < span; ++w) to[w] = from[w * planes.col_stride];
+    }
+    transpose<T>(rows, span, lanes + h * width * L, L, count, span);
+  }
+}
+
+template <typename T>
+void lanes_to_planes(const T* lanes, T* z, const Planes& planes, int64_t p0, int64_t count,
+                     T* rows) {
+  constexpr int64_t L = kLanes<T>;
+  const int64_t height = planes.rows, width = planes.cols, step = planes.step(p0, count);
+  const bool whole = planes.col_stride == 1 && planes.row_stride == width;
+  const int64_t span = whole ? height * width : width;
+  for (int64_t h = 0; h < (whole ? 1 : height); ++h) {
+    const int64_t at = h * planes.row_stride;
+    if (step != 0 && planes.col_stride == 1) {
+      transpose<T>(lanes + h * width * L, L, z + planes.offset(p0) + at, step, span, count);
+      continue;
+    }
+    transpose<T>(lanes + h * width * L, L, rows, span, span, count);
+    for (int64_t v = 0; v < count; ++v) {
+      T* to = z + planes.offset(p0 + v) + at;
+      const T* from = rows + v * span;
+      for (int64_t w = 0; w < span; ++w) to[w * planes.col_stride] = from[w];
+    }
+  }
+}
+
 // Spectra of the groups of kLanes planes [first, last) of z into the tile-major `out`.
 // cols: [W, 2 * half] (column j -> frequency k, real / imaginary part at 2k / 2k + 1);
 // rows: [N_h, H, 2] (the phase of row frequency k_h at sample h).
@@ -274,28 +318,15 @@ void to_tiles_groups(const T* z, const Planes& planes, T* out, int64_t out_tile_
                      int64_t last) {
   constexpr int64_t L = kLanes<T>;
   const int64_t height = s.rows, width = s.cols, half = s.half, pb = s.padded_bins;
-  std::vector<T> samples(width * height * L), columns(2 * half * height * L),
+  std::vector<T> samples(height * width * L), columns(2 * half * height * L),
       spectrum(2 * pb * L, T(0)),     // the padding bins stay zero
-      rows_of_group(L * width);
+      staging(L * height * width);
   for (int64_t group = first; group < last; ++group) {
     const int64_t p0 = group * L, count = std::min<int64_t>(L, planes.count() - p0);
     if (count < L) std::fill(samples.begin(), samples.end(), T(0));
-    const int64_t step = planes.step(p0, count);
-    for (int64_t h = 0; h < height; ++h) {      // samples[w][h][v] = plane v at (h, w)
-      if (step != 0 && planes.col_stride == 1) {
-        transpose<T>(z + planes.offset(p0) + h * planes.row_stride, step,
-                     samples.data() + h * L, height * L, count, width);
-        continue;
-      }
-      for (int64_t v = 0; v < count; ++v) {
-        const T* row = z + planes.offset(p0 + v) + h * planes.row_stride;
-        T* to = rows_of_group.data() + v * width;
-        for (int64_t w = 0; w < width; ++w) to[w] = row[w * planes.col_stride];
-      }
-      transpose<T>(rows_of_group.data(), width, samples.data() + h * L, height * L, count, width);
-    }
-    // columns[2k + ri][h] = sum_w cols[w][2k + ri] * samples[w][h]
-    real_matmul<T>(cols, 1, 2 * half, samples.data(), height * L, L, columns.data(), height * L, L,
+    planes_to_lanes<T>(z, planes, p0, count, samples.data(), staging.data());   // [h][w][v]
+    // columns[2k + ri][h] = sum_w cols[w][2k + ri] * samples[h][w]
+    real_matmul<T>(cols, 1, 2 * half, samples.data(), L, width * L, columns.data(), height * L, L,
                    2 * half, height, width);
     // spectrum[ri][k_h * half + k_w] = sum_h rows[k_h][h] * columns[2 k_w + (re, im)][h]
     complex_matmul<T>(rows, 2 * height, 2, columns.data(), L, 2 * height * L, height * L,
@@ -317,7 +348,7 @@ void from_tiles_groups(const T* spec, int64_t spec_tile_stride, T* z, const Plan
   constexpr int64_t L = kLanes<T>;
   const int64_t height = s.rows, width = s.cols, half = s.half, pb = s.padded_bins;
   std::vector<T> spectrum(2 * pb * L), columns(2 * half * height * L),
-      samples(width * height * L), rows_of_group(L * width);
+      samples(height * width * L), staging(L * height * width);
   for (int64_t group = first; group < last; ++group) {
     const int64_t p0 = group * L, count = std::min<int64_t>(L, planes.count() - p0);
     if (count < L) std::fill(spectrum.begin(), spectrum.end(), T(0));
@@ -328,23 +359,10 @@ void from_tiles_groups(const T* spec, int64_t spec_tile_stride, T* z, const Plan
     // columns[2 k_w + (re, im)][h] = sum_{k_h} rows[h][k_h] * spectrum[k_h * half + k_w]
     complex_matmul<T>(rows, 2 * s.freq_rows, 2, spectrum.data(), half * L, L, pb * L,
                       columns.data(), L, 2 * height * L, height * L, height, half, s.freq_rows);
-    // samples[w][h] = sum_c cols[c][w] * columns[c][h]
-    real_matmul<T>(cols, 1, width, columns.data(), height * L, L, samples.data(), height * L, L,
+    // samples[h][w] = sum_c cols[c][w] * columns[c][h]
+    real_matmul<T>(cols, 1, width, columns.data(), height * L, L, samples.data(), L, width * L,
                    width, height, 2 * half);
-    const int64_t step = planes.step(p0, count);
-    for (int64_t h = 0; h < height; ++h) {      // plane v at (h, w) = samples[w][h][v]
-      if (step != 0 && planes.col_stride == 1) {
-        transpose<T>(samples.data() + h * L, height * L, z + planes.offset(p0) + h * planes.row_stride,
-                     step, width, count);
-        continue;
-      }
-      transpose<T>(samples.data() + h * L, height * L, rows_of_group.data(), width, width, count);
-      for (int64_t v = 0; v < count; ++v) {
-        T* row = z + planes.offset(p0 + v) + h * planes.row_stride;
-        const T* from = rows_of_group.data() + v * width;
-        for (int64_t w = 0; w < width; ++w) row[w * planes.col_stride] = from[w];
-      }
-    }
+    lanes_to_planes<T>(samples.data(), z, planes, p0, count, staging.data());
   }
 }
 
@@ -457,11 +475,7 @@ struct Products {
 
 // Products up to this many k per pass: an NB-column panel of b (k_chunk x NB planes, 2 cache
 // lines each) stays in L1 while every row block of a streams past it.
-#ifndef TUNE_KC
 constexpr int64_t kChunk = 48;
-#else
-constexpr int64_t kChunk = TUNE_KC;
-#endif
 
 // One MB x NB block of outputs at (m0, n0) of the tile pointed to by a, b, out (already offset
 // to the tile, the pair and the block's first row / column), over k < count: added to the

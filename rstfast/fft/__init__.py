@@ -53,7 +53,7 @@ ALGORITHM = "fft"                # for the cost model of rstfast.autotune
 
 # Largest spectrum tensor of a chunk of output slices: one offset's filter spectra (or their
 # gradient) or the output (gradient) spectra, unless one slice needs more.
-CHUNK_BYTES = 24 * 2 ** 20
+CHUNK_BYTES = 8 * 2 ** 20
 
 
 def unavailable_reason(device: torch.device) -> Optional[str]:

@@ -15,7 +15,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from .plan import Chunk, Plan, as_group, filter_slots, last_reads
+from .plan import Chunk, Plan, as_group, filter_gradient, filter_slots, last_reads
 from .transforms import from_spectrum, to_spectrum
 
 __all__ = ["conv_forward", "conv_backward"]
@@ -95,7 +95,7 @@ def conv_backward(grad_y: torch.Tensor, x: torch.Tensor, filters: torch.Tensor, 
     batch = x.shape[0]
     grad_y = grad_y.to(dtype)
     grad_x5 = x5.new_empty(x5.shape) if need_input else None
-    grad_filters = torch.zeros_like(filters) if need_filters else None
+    grad_filters = filter_gradient(filters, geo) if need_filters else None
     filter_buffers, gradient_buffers = (
         _Reused(x, geo.num_offsets, chunks, plan, (geo.out_channels, geo.in_channels))
         if need else None for need in (need_input, need_filters))

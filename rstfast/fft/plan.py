@@ -14,7 +14,7 @@ from ..geometry import Geometry, out_side
 from .transforms import Axis
 
 __all__ = ["transform_size", "Plan", "Chunk", "chunks", "slice_bytes", "as_group",
-           "filter_slots", "last_reads"]
+           "filter_slots", "filter_gradient", "last_reads"]
 
 
 def transform_size(geo: Geometry, side: int) -> int:
@@ -130,6 +130,18 @@ def filter_slots(buffer: torch.Tensor, geo: Geometry, chunk: Chunk) -> List[torc
     ``(offsets[i], rotations)``: a contiguous view ``[R_c, O, C, n_s, n_s]``."""
     block = geo.filter_block(buffer, chunk.scale)
     return [block[a, chunk.rotations.start:chunk.rotations.stop] for a in chunk.offsets]
+
+
+def filter_gradient(filters: torch.Tensor, geo: Geometry) -> torch.Tensor:
+    """A new gradient buffer like ``filters``: zero in the slots ``(a, r)`` that read no input
+    slice (``input_slice < 0``), uninitialised in the others (every chunk writes them)."""
+    grad = torch.empty_like(filters)
+    for t, row in enumerate(geo.read_table):
+        r, s = divmod(t, geo.num_scales)
+        for a, q in enumerate(row):
+            if q < 0:
+                geo.filter_block(grad, s)[a, r].zero_()
+    return grad
 
 
 def last_reads(found: List[Chunk]) -> List[List[int]]:

@@ -27,7 +27,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 
 from ..geometry import Geometry
-from .plan import Chunk, Plan, as_group, filter_slots
+from .plan import Chunk, Plan, as_group, filter_gradient, filter_slots
 from .transforms import Axis, _half_forward, _half_inverse, _phases
 
 __all__ = ["unavailable_reason", "lanes", "tiles", "conv_forward", "conv_backward"]
@@ -52,6 +52,17 @@ def _spectrum(like: torch.Tensor, plan: Plan, planes: int, zero: bool = False) -
     """A new tile-major spectrum ``[tiles, planes, 2, L]`` of x's real dtype."""
     shape = (tiles(plan, like.dtype), planes, 2, lanes(like.dtype))
     return like.new_zeros(shape) if zero else like.new_empty(shape)
+
+
+class _Buffer:
+    """One spectrum buffer of a call, viewed as ``[tiles, planes, 2, L]`` for each block: a
+    block of more than a few MiB allocated afresh would be page-faulted anew every block."""
+
+    def __init__(self, like: torch.Tensor, plan: Plan, planes: int):
+        self.data = _spectrum(like, plan, planes)
+
+    def view(self, planes: int) -> torch.Tensor:
+        return self.data[:, :planes]
 
 
 @functools.lru_cache(maxsize=256)
@@ -113,22 +124,38 @@ def _input_spectra(x5: torch.Tensor, plan: Plan, batch_last: bool) -> torch.Tens
     return spectra
 
 
-def _filter_spectra(filters: torch.Tensor, plan: Plan, chunk: Chunk, like: torch.Tensor,
-                    out_last: bool) -> torch.Tensor:
-    """``K`` of the chunk's slots, planes ``(i, k, o, c)`` or, ``out_last``, ``(i, k, c, o)``."""
+def _blocks(plan: Plan, chunks: List[Chunk], dtype: torch.dtype, along_outputs: bool
+            ) -> List[Tuple[Chunk, slice]]:
+    """Every (chunk, channel block) pair, chunk by chunk: blocks of output channels
+    (``along_outputs``, the forward) or of input channels (the backward, whose input gradient
+    contracts over every output channel), each holding the chunk's filter spectra within
+    ``CHUNK_BYTES`` (at least one channel)."""
+    from . import CHUNK_BYTES
     geo = plan.geo
-    per_offset = len(chunk.rotations) * geo.out_channels * geo.in_channels
-    spectra = _spectrum(like, plan, len(chunk.offsets) * per_offset)
-    for i, taps in enumerate(filter_slots(filters, geo, chunk)):
-        taps = taps.to(like.dtype)
+    per_plane = tiles(plan, dtype) * 2 * lanes(dtype) * dtype.itemsize
+    widest = max(len(chunk.offsets) * len(chunk.rotations) for chunk in chunks)
+    channels, other = ((geo.out_channels, geo.in_channels) if along_outputs
+                       else (geo.in_channels, geo.out_channels))
+    step = max(1, min(channels, CHUNK_BYTES // (per_plane * widest * other)))
+    return [(chunk, slice(first, min(first + step, channels)))
+            for chunk in chunks for first in range(0, channels, step)]
+
+
+def _filter_spectra(filters: torch.Tensor, plan: Plan, chunk: Chunk, outs: slice, ins: slice,
+                    spectra: torch.Tensor, out_last: bool) -> None:
+    """``K`` of the chunk's slots for the output channels ``outs`` and input channels ``ins``
+    into ``spectra``, planes ``(i, k, o, c)`` or, ``out_last``, ``(i, k, c, o)``."""
+    per_offset = spectra.shape[1] // len(chunk.offsets)
+    for i, taps in enumerate(filter_slots(filters, plan.geo, chunk)):
+        taps = taps[:, outs, ins].to(spectra.dtype)
         to_tiles(taps.permute(0, 2, 1, 3, 4) if out_last else taps,
                  spectra[:, i * per_offset:(i + 1) * per_offset], *plan.filter_axes(chunk.scale))
-    return spectra
 
 
-def _output_view(y: torch.Tensor, chunk: Chunk) -> torch.Tensor:
-    """The chunk's slices of ``y [B, O, T, H', W']`` as planes ``(b, k, o)``: a view."""
-    return y[:, :, chunk.slices].permute(0, 2, 1, 3, 4)
+def _output_view(y: torch.Tensor, chunk: Chunk, outs: slice) -> torch.Tensor:
+    """The chunk's slices and channels ``outs`` of ``y [B, O, T, H', W']`` as planes
+    ``(b, k, o)``: a view."""
+    return y[:, outs, chunk.slices].permute(0, 2, 1, 3, 4)
 
 
 def conv_forward(x: torch.Tensor, filters: torch.Tensor, bias: Optional[torch.Tensor],
@@ -136,23 +163,28 @@ def conv_forward(x: torch.Tensor, filters: torch.Tensor, bias: Optional[torch.Te
     """y ``[B, O, T, H', W']`` (contiguous, x's dtype); see :func:`rstfast.fft.conv_forward`."""
     geo = plan.geo
     x5 = as_group(x, geo)
-    batch, channels, out_channels = x.shape[0], geo.in_channels, geo.out_channels
+    batch, channels = x.shape[0], geo.in_channels
     y = x.new_empty(geo.out_shape(x.shape))
     spec_x = _input_spectra(x5, plan, batch_last=False)
-    for chunk in chunks:
-        rotations = len(chunk.rotations)
-        spec_k = _filter_spectra(filters, plan, chunk, x, out_last=False)
-        spec_y = _spectrum(x, plan, batch * rotations * out_channels)
-        groups = [(k * out_channels, [(q * batch * channels, (i * rotations + k) * out_channels
-                                       * channels) for kk, i, q in chunk.reads if kk == k])
+    blocks = _blocks(plan, chunks, x.dtype, along_outputs=True)
+    widest = max(len(c.offsets) * len(c.rotations) for c in chunks)
+    step = blocks[0][1].stop - blocks[0][1].start
+    filter_buffer = _Buffer(x, plan, widest * step * channels)
+    output_buffer = _Buffer(x, plan, batch * max(len(c.rotations) for c in chunks) * step)
+    for chunk, outs in blocks:
+        rotations, width = len(chunk.rotations), outs.stop - outs.start
+        spec_k = filter_buffer.view(len(chunk.offsets) * rotations * width * channels)
+        _filter_spectra(filters, plan, chunk, outs, slice(None), spec_k, out_last=False)
+        spec_y = output_buffer.view(batch * rotations * width)
+        groups = [(k * width, [(q * batch * channels, (i * rotations + k) * width * channels)
+                               for kk, i, q in chunk.reads if kk == k])
                   for k in range(rotations)]
-        products(spec_x, spec_k, spec_y, groups, (batch, out_channels, channels),
-                 (channels, 1, 1, channels, rotations * out_channels, 1), accumulate=False)
-        del spec_k
+        products(spec_x, spec_k, spec_y, groups, (batch, width, channels),
+                 (channels, 1, 1, channels, rotations * width, 1), accumulate=False)
         if bias is not None:           # a constant: the zero frequency times N_h * N_w
-            spec_y[0, :, 0, 0].view(batch, rotations, out_channels).add_(
-                bias.to(x.dtype) * (plan.rows * plan.cols))
-        from_tiles(spec_y, _output_view(y, chunk), *plan.output_axes())
+            spec_y[0, :, 0, 0].view(batch, rotations, width).add_(
+                bias[outs].to(x.dtype) * (plan.rows * plan.cols))
+        from_tiles(spec_y, _output_view(y, chunk, outs), *plan.output_axes())
     return y
 
 
@@ -162,33 +194,43 @@ def conv_backward(grad_y: torch.Tensor, x: torch.Tensor, filters: torch.Tensor, 
     """``(grad_x, grad_filters)``; see :func:`rstfast.fft.conv_backward`."""
     geo = plan.geo
     x5, dtype = as_group(x, geo), x.dtype
-    batch, channels, out_channels = x.shape[0], geo.in_channels, geo.out_channels
+    batch, channels = x.shape[0], geo.in_channels
     grad_y = grad_y.to(dtype)
     spec_x = _input_spectra(x5, plan, batch_last=True) if need_filters else None
     spec_gx = _spectrum(x, plan, x5.shape[2] * batch * channels, zero=True) if need_input else None
-    grad_filters = torch.zeros_like(filters) if need_filters else None
-    for chunk in chunks:
-        rotations = len(chunk.rotations)
-        per_offset = rotations * out_channels * channels
-        spec_g = _spectrum(x, plan, batch * rotations * out_channels)
-        to_tiles(_output_view(grad_y, chunk), spec_g, *plan.output_axes())
+    grad_filters = filter_gradient(filters, geo) if need_filters else None
+    out_channels = geo.out_channels
+    blocks = _blocks(plan, chunks, dtype, along_outputs=False)
+    widest = max(len(c.offsets) * len(c.rotations) for c in chunks)
+    filter_buffer = _Buffer(x, plan, widest * out_channels * (blocks[0][1].stop - blocks[0][1].start))
+    output_buffer = _Buffer(x, plan, batch * max(len(c.rotations) for c in chunks) * out_channels)
+    spec_g, done = None, None
+    for chunk, ins in blocks:
+        rotations, width = len(chunk.rotations), ins.stop - ins.start
+        per_offset = rotations * out_channels * width
+        if done is not chunk:           # G of the chunk, planes (b, k, o), for all its blocks
+            spec_g = output_buffer.view(batch * rotations * out_channels)
+            to_tiles(_output_view(grad_y, chunk, slice(None)), spec_g, *plan.output_axes())
+            done = chunk
+        spec_k = filter_buffer.view(len(chunk.offsets) * per_offset)
         if need_input:                  # conj(DFT(grad_x[q]))^T += K[i, k]^T @ conj(G[k])^T
-            spec_k = _filter_spectra(filters, plan, chunk, x, out_last=True)
-            groups = [(q * batch * channels, [((i * rotations + k) * out_channels * channels,
-                                               k * out_channels) for k, i in pairs])
+            _filter_spectra(filters, plan, chunk, slice(None), ins, spec_k, out_last=True)
+            groups = [((q * channels + ins.start) * batch,
+                       [((i * rotations + k) * width * out_channels, k * out_channels)
+                        for k, i in pairs])
                       for q, pairs in chunk.readers().items()]
-            products(spec_k, spec_g, spec_gx, groups, (channels, batch, out_channels),
+            products(spec_k, spec_g, spec_gx, groups, (width, batch, out_channels),
                      (out_channels, 1, 1, rotations * out_channels, batch, 1), accumulate=True)
-            del spec_k
         if need_filters:                # H[i, k] = conj(G[k])^T @ X[q], back at the taps
-            spec_h = _spectrum(x, plan, len(chunk.offsets) * per_offset)
-            groups = [((i * rotations + k) * out_channels * channels,
-                       [(k * out_channels, q * batch * channels)]) for k, i, q in chunk.reads]
-            products(spec_g, spec_x, spec_h, groups, (out_channels, channels, batch),
-                     (1, rotations * out_channels, 1, batch, channels, 1), accumulate=False)
+            groups = [((i * rotations + k) * out_channels * width,
+                       [(k * out_channels, (q * channels + ins.start) * batch)])
+                      for k, i, q in chunk.reads]
+            products(spec_g, spec_x, spec_k, groups, (out_channels, width, batch),
+                     (1, rotations * out_channels, 1, batch, width, 1), accumulate=False)
             for i, taps in enumerate(filter_slots(grad_filters, geo, chunk)):
+                taps = taps[:, :, ins]
                 computed = taps if taps.dtype == dtype else taps.new_empty(taps.shape, dtype=dtype)
-                from_tiles(spec_h[:, i * per_offset:(i + 1) * per_offset], computed,
+                from_tiles(spec_k[:, i * per_offset:(i + 1) * per_offset], computed,
                            *plan.filter_axes(chunk.scale))
                 if computed is not taps:
                     taps.copy_(computed)
