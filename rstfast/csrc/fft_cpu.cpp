@@ -65,10 +65,10 @@ constexpr int64_t kWidth = kRegisterBytes / sizeof(T);
 // measured on the 2-core Xeon (AVX-512) and with -march=x86-64-v3 builds on it (AVX2), see
 // benchmarks/results/fft_roofline_cpu.md.
 constexpr int kProductRows = kManyRegisters ? 3 : 2;   // MB: rows of the output block
-constexpr int kProductCols = kManyRegisters ? 4 : 2;   // NB
-constexpr int kRealRows = kManyRegisters ? 4 : 2;
-constexpr int kRealCols = kManyRegisters ? 4 : 3;
-constexpr int kComplexRows = kManyRegisters ? 2 : 1;
+constexpr int kProductCols = 4;                         // NB
+constexpr int kRealRows = kManyRegisters ? 4 : 3;
+constexpr int kRealCols = 4;
+constexpr int kComplexRows = 2;
 constexpr int kComplexCols = kManyRegisters ? 4 : 3;
 
 // Calls f(std::integral_constant<int, R>, std::integral_constant<int, C>) for the runtime block
