@@ -124,21 +124,25 @@ def _input_spectra(x5: torch.Tensor, plan: Plan, batch_last: bool) -> torch.Tens
     return spectra
 
 
-def _blocks(plan: Plan, chunks: List[Chunk], dtype: torch.dtype, along_outputs: bool
-            ) -> List[Tuple[Chunk, slice]]:
-    """Every (chunk, channel block) pair, chunk by chunk: blocks of output channels
-    (``along_outputs``, the forward) or of input channels (the backward, whose input gradient
-    contracts over every output channel), each holding the chunk's filter spectra within
-    ``CHUNK_BYTES`` (at least one channel)."""
+def _budget(plan: Plan, batch: int, dtype: torch.dtype) -> int:
+    """Bytes of the largest spectrum buffer of a block: :data:`rstfast.fft.CHUNK_BYTES`, or a
+    sixteenth of the output ``y`` where that is less (at least 1 MiB) -- layers with few output
+    slices then keep their buffers small next to their output and its gradient."""
     from . import CHUNK_BYTES
     geo = plan.geo
-    per_plane = tiles(plan, dtype) * 2 * lanes(dtype) * dtype.itemsize
-    widest = max(len(chunk.offsets) * len(chunk.rotations) for chunk in chunks)
-    channels, other = ((geo.out_channels, geo.in_channels) if along_outputs
-                       else (geo.in_channels, geo.out_channels))
-    step = max(1, min(channels, CHUNK_BYTES // (per_plane * widest * other)))
-    return [(chunk, slice(first, min(first + step, channels)))
-            for chunk in chunks for first in range(0, channels, step)]
+    out_h, out_w = geo.out_size(plan.height, plan.width)
+    output = batch * geo.out_channels * geo.group_size * out_h * out_w * dtype.itemsize
+    return min(CHUNK_BYTES, max(2 ** 20, output // 16))
+
+
+def _block(count: int, budget: int, per_channel: int) -> int:
+    """Channels per block (at least 1) whose buffers of ``per_channel`` bytes each stay within
+    ``budget``."""
+    return max(1, min(count, budget // max(1, per_channel)))
+
+
+def _channel_blocks(count: int, step: int) -> List[slice]:
+    return [slice(first, min(first + step, count)) for first in range(0, count, step)]
 
 
 def _filter_spectra(filters: torch.Tensor, plan: Plan, chunk: Chunk, outs: slice, ins: slice,
@@ -166,12 +170,15 @@ def conv_forward(x: torch.Tensor, filters: torch.Tensor, bias: Optional[torch.Te
     batch, channels = x.shape[0], geo.in_channels
     y = x.new_empty(geo.out_shape(x.shape))
     spec_x = _input_spectra(x5, plan, batch_last=False)
-    blocks = _blocks(plan, chunks, x.dtype, along_outputs=True)
+    per_plane = tiles(plan, x.dtype) * 2 * lanes(x.dtype) * x.dtype.itemsize
     widest = max(len(c.offsets) * len(c.rotations) for c in chunks)
-    step = blocks[0][1].stop - blocks[0][1].start
+    rotations_most = max(len(c.rotations) for c in chunks)
+    step = _block(geo.out_channels, _budget(plan, batch, x.dtype),
+                  per_plane * max(widest * channels, batch * rotations_most))
     filter_buffer = _Buffer(x, plan, widest * step * channels)
-    output_buffer = _Buffer(x, plan, batch * max(len(c.rotations) for c in chunks) * step)
-    for chunk, outs in blocks:
+    output_buffer = _Buffer(x, plan, batch * rotations_most * step)
+    for chunk, outs in ((chunk, outs) for chunk in chunks
+                        for outs in _channel_blocks(geo.out_channels, step)):
         rotations, width = len(chunk.rotations), outs.stop - outs.start
         spec_k = filter_buffer.view(len(chunk.offsets) * rotations * width * channels)
         _filter_spectra(filters, plan, chunk, outs, slice(None), spec_k, out_last=False)
@@ -188,6 +195,41 @@ def conv_forward(x: torch.Tensor, filters: torch.Tensor, bias: Optional[torch.Te
     return y
 
 
+def _backward_block(spec_g: torch.Tensor, spec_x: Optional[torch.Tensor],
+                    spec_gx: Optional[torch.Tensor], grad_filters: Optional[torch.Tensor],
+                    filters: torch.Tensor, filter_buffer: _Buffer, plan: Plan, chunk: Chunk,
+                    outs: slice, ins: slice, batch: int) -> None:
+    """The gradients' share of one chunk's output channels ``outs`` and input channels ``ins``:
+    ``GX`` (when ``spec_gx``) gets ``K^T @ Gc^T`` summed over ``outs``; the filter gradient's
+    taps of (``outs``, ``ins``) (when ``grad_filters``) are ``DFT^-1(Gc^T @ X)``."""
+    geo = plan.geo
+    channels, rotations = geo.in_channels, len(chunk.rotations)
+    width, depth = outs.stop - outs.start, ins.stop - ins.start
+    per_offset = rotations * width * depth
+    spec_k = filter_buffer.view(len(chunk.offsets) * per_offset)
+    if spec_gx is not None:         # conj(DFT(grad_x[q]))^T += K[i, k]^T @ conj(G[k])^T
+        _filter_spectra(filters, plan, chunk, outs, ins, spec_k, out_last=True)
+        groups = [((q * channels + ins.start) * batch,
+                   [((i * rotations + k) * depth * width, k * width) for k, i in pairs])
+                  for q, pairs in chunk.readers().items()]
+        products(spec_k, spec_g, spec_gx, groups, (depth, batch, width),
+                 (width, 1, 1, rotations * width, batch, 1), accumulate=True)
+    if grad_filters is not None:    # H[i, k] = conj(G[k])^T @ X[q], back at the taps
+        groups = [((i * rotations + k) * width * depth,
+                   [(k * width, (q * channels + ins.start) * batch)])
+                  for k, i, q in chunk.reads]
+        products(spec_g, spec_x, spec_k, groups, (width, depth, batch),
+                 (1, rotations * width, 1, batch, depth, 1), accumulate=False)
+        for i, taps in enumerate(filter_slots(grad_filters, geo, chunk)):
+            taps = taps[:, outs, ins]
+            computed = taps if taps.dtype == spec_k.dtype else taps.new_empty(
+                taps.shape, dtype=spec_k.dtype)
+            from_tiles(spec_k[:, i * per_offset:(i + 1) * per_offset], computed,
+                       *plan.filter_axes(chunk.scale))
+            if computed is not taps:
+                taps.copy_(computed)
+
+
 def conv_backward(grad_y: torch.Tensor, x: torch.Tensor, filters: torch.Tensor, plan: Plan,
                   chunks: List[Chunk], need_input: bool, need_filters: bool
                   ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
@@ -199,41 +241,26 @@ def conv_backward(grad_y: torch.Tensor, x: torch.Tensor, filters: torch.Tensor, 
     spec_x = _input_spectra(x5, plan, batch_last=True) if need_filters else None
     spec_gx = _spectrum(x, plan, x5.shape[2] * batch * channels, zero=True) if need_input else None
     grad_filters = filter_gradient(filters, geo) if need_filters else None
-    out_channels = geo.out_channels
-    blocks = _blocks(plan, chunks, dtype, along_outputs=False)
+    per_plane = tiles(plan, dtype) * 2 * lanes(dtype) * dtype.itemsize
     widest = max(len(c.offsets) * len(c.rotations) for c in chunks)
-    filter_buffer = _Buffer(x, plan, widest * out_channels * (blocks[0][1].stop - blocks[0][1].start))
-    output_buffer = _Buffer(x, plan, batch * max(len(c.rotations) for c in chunks) * out_channels)
-    spec_g, done = None, None
-    for chunk, ins in blocks:
-        rotations, width = len(chunk.rotations), ins.stop - ins.start
-        per_offset = rotations * out_channels * width
-        if done is not chunk:           # G of the chunk, planes (b, k, o), for all its blocks
-            spec_g = output_buffer.view(batch * rotations * out_channels)
-            to_tiles(_output_view(grad_y, chunk, slice(None)), spec_g, *plan.output_axes())
-            done = chunk
-        spec_k = filter_buffer.view(len(chunk.offsets) * per_offset)
-        if need_input:                  # conj(DFT(grad_x[q]))^T += K[i, k]^T @ conj(G[k])^T
-            _filter_spectra(filters, plan, chunk, slice(None), ins, spec_k, out_last=True)
-            groups = [((q * channels + ins.start) * batch,
-                       [((i * rotations + k) * width * out_channels, k * out_channels)
-                        for k, i in pairs])
-                      for q, pairs in chunk.readers().items()]
-            products(spec_k, spec_g, spec_gx, groups, (width, batch, out_channels),
-                     (out_channels, 1, 1, rotations * out_channels, batch, 1), accumulate=True)
-        if need_filters:                # H[i, k] = conj(G[k])^T @ X[q], back at the taps
-            groups = [((i * rotations + k) * out_channels * width,
-                       [(k * out_channels, (q * channels + ins.start) * batch)])
-                      for k, i, q in chunk.reads]
-            products(spec_g, spec_x, spec_k, groups, (out_channels, width, batch),
-                     (1, rotations * out_channels, 1, batch, width, 1), accumulate=False)
-            for i, taps in enumerate(filter_slots(grad_filters, geo, chunk)):
-                taps = taps[:, :, ins]
-                computed = taps if taps.dtype == dtype else taps.new_empty(taps.shape, dtype=dtype)
-                from_tiles(spec_k[:, i * per_offset:(i + 1) * per_offset], computed,
-                           *plan.filter_axes(chunk.scale))
-                if computed is not taps:
-                    taps.copy_(computed)
+    rotations_most = max(len(c.rotations) for c in chunks)
+    budget = _budget(plan, batch, dtype)
+    # Output-channel blocks bound G; input-channel blocks within them bound K (and H, which
+    # reuses K's buffer). The input gradient sums over the output-channel blocks.
+    out_step = _block(geo.out_channels, budget, per_plane * batch * rotations_most)
+    in_step = _block(channels, budget, per_plane * widest * out_step)
+    filter_buffer = _Buffer(x, plan, widest * out_step * in_step)
+    output_buffer = _Buffer(x, plan, batch * rotations_most * out_step)
+    for chunk in chunks:
+        rotations = len(chunk.rotations)
+        for outs in _channel_blocks(geo.out_channels, out_step):
+            width = outs.stop - outs.start
+            spec_g = output_buffer.view(batch * rotations * width)       # planes (b, k, o)
+            to_tiles(_output_view(grad_y, chunk, outs), spec_g, *plan.output_axes())
+            for ins in _channel_blocks(channels, in_step):
+                _backward_block(spec_g, spec_x, spec_gx, grad_filters, filters, filter_buffer,
+                                plan, chunk, outs, ins, batch)
+    del spec_x, filter_buffer, output_buffer      # before grad_x exists
     grad_x = None
     if need_input:
         grad_x5 = x5.new_empty(x5.shape)
