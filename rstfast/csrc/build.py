@@ -184,7 +184,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     for name, reason in zip(names, (cpu_reason, cuda_reason)):
         sources = CPU_SOURCES if name == "rstfast_cpu" else CUDA_SOURCES
         folder = build_directory(name, sources, cuda=name == "rstfast_cuda")
-        print(f"{name}: {'built' if reason is None else 'FAILED: ' + reason} ({folder})")
+        flags = " ".join(CXX_FLAGS if name == "rstfast_cuda" else cpu_flags())
+        print(f"{name}: {'built' if reason is None else 'FAILED: ' + reason} ({folder}; "
+              f"{flags})")
     if not cuda_wanted():
         print("rstfast_cuda: not built (torch has no CUDA or no GPU is visible)")
     return 0 if cpu_reason is None and cuda_reason is None else 1

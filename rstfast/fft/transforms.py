@@ -6,6 +6,10 @@ positions on each periodic axis (:class:`Axis`: the image rows ``0 .. H-1``, the
 filter placement cost nothing, and only the wanted rows / columns of an inverse are computed. The
 width axis keeps the half spectrum ``k_w < N_w//2 + 1`` of real signals (as ``rfft2``).
 
+The phase matrices (:func:`_phases`, :func:`_half_forward`, :func:`_half_inverse`) are shared by
+both executions: :func:`to_spectrum` / :func:`from_spectrum` below (torch matmuls, the batched
+execution of :mod:`.batched`) and the C++ kernels of :mod:`.tiled`, which take them as tables.
+
 Why matmuls and not ``torch.fft``: the planes are small (``N <= 63`` for the paper layers) and
 numerous (``B*C*T``); on CPU (2 threads, 28 px, N = 35, batch 32) the matmuls ran 1.7x faster
 than ``rfft2`` plus the layout copy for an input slice, 1.7x faster than ``irfft2`` plus
