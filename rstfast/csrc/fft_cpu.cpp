@@ -270,6 +270,15 @@ struct TransformShape {
   int64_t tiles, padded_bins, freq_rows, half, rows, cols;
 };
 
+// Per-thread work space of the transforms, kept between calls (grown, never shrunk): fresh
+// buffers of a few hundred KiB would be page-faulted anew on every call.
+template <typename T>
+T* scratch(int64_t count) {
+  thread_local std::vector<T> space;
+  if (static_cast<int64_t>(space.size()) < count) space.resize(count);
+  return space.data();
+}
+
 // Copies between the planes of a group (kLanes planes from p0, `count` of them) and a buffer
 // [H][W][kLanes] with the planes in the lanes: whole planes at once when they are contiguous,
 // else row by row; through `rows` ([kLanes][H * W], a staging buffer) unless the group's planes
@@ -327,22 +336,26 @@ void to_tiles_groups(const T* z, const Planes& planes, T* out, int64_t out_tile_
                      int64_t last) {
   constexpr int64_t L = kLanes<T>;
   const int64_t height = s.rows, width = s.cols, half = s.half, pb = s.padded_bins;
-  std::vector<T> samples(height * width * L), columns(2 * half * height * L),
-      spectrum(2 * pb * L, T(0)),     // the padding bins stay zero
-      staging(L * height * width);
+  const int64_t plane = height * width * L, bins = s.freq_rows * half;
+  T* samples = scratch<T>(2 * plane + 2 * half * height * L + 2 * pb * L);
+  T* staging = samples + plane;
+  T* columns = staging + plane;
+  T* spectrum = columns + 2 * half * height * L;
+  for (int64_t ri = 0; ri < 2; ++ri)   // the padding bins: zero
+    std::fill(spectrum + (ri * pb + bins) * L, spectrum + (ri + 1) * pb * L, T(0));
   for (int64_t group = first; group < last; ++group) {
     const int64_t p0 = group * L, count = std::min<int64_t>(L, planes.count() - p0);
-    if (count < L) std::fill(samples.begin(), samples.end(), T(0));
-    planes_to_lanes<T>(z, planes, p0, count, samples.data(), staging.data());   // [h][w][v]
+    if (count < L) std::fill(samples, samples + plane, T(0));
+    planes_to_lanes<T>(z, planes, p0, count, samples, staging);   // samples[h][w][v]
     // columns[2k + ri][h] = sum_w cols[w][2k + ri] * samples[h][w]
-    real_matmul<T>(cols, 1, 2 * half, samples.data(), L, width * L, columns.data(), height * L, L,
-                   2 * half, height, width);
+    real_matmul<T>(cols, 1, 2 * half, samples, L, width * L, columns, height * L, L, 2 * half,
+                   height, width);
     // spectrum[ri][k_h * half + k_w] = sum_h rows[k_h][h] * columns[2 k_w + (re, im)][h]
-    complex_matmul<T>(rows, 2 * height, 2, columns.data(), L, 2 * height * L, height * L,
-                      spectrum.data(), half * L, L, pb * L, s.freq_rows, half, height);
+    complex_matmul<T>(rows, 2 * height, 2, columns, L, 2 * height * L, height * L, spectrum,
+                      half * L, L, pb * L, s.freq_rows, half, height);
     for (int64_t tile = 0; tile < s.tiles; ++tile)   // out[tile][p0 + v][ri][l]
       for (int64_t ri = 0; ri < 2; ++ri)
-        transpose<T>(spectrum.data() + (ri * pb + tile * L) * L, L,
+        transpose<T>(spectrum + (ri * pb + tile * L) * L, L,
                      out + tile * out_tile_stride + (p0 * 2 + ri) * L, 2 * L, L, count);
   }
 }
@@ -356,22 +369,25 @@ void from_tiles_groups(const T* spec, int64_t spec_tile_stride, T* z, const Plan
                        int64_t last) {
   constexpr int64_t L = kLanes<T>;
   const int64_t height = s.rows, width = s.cols, half = s.half, pb = s.padded_bins;
-  std::vector<T> spectrum(2 * pb * L), columns(2 * half * height * L),
-      samples(height * width * L), staging(L * height * width);
+  const int64_t plane = height * width * L;
+  T* samples = scratch<T>(2 * plane + 2 * half * height * L + 2 * pb * L);
+  T* staging = samples + plane;
+  T* columns = staging + plane;
+  T* spectrum = columns + 2 * half * height * L;
   for (int64_t group = first; group < last; ++group) {
     const int64_t p0 = group * L, count = std::min<int64_t>(L, planes.count() - p0);
-    if (count < L) std::fill(spectrum.begin(), spectrum.end(), T(0));
+    if (count < L) std::fill(spectrum, spectrum + 2 * pb * L, T(0));
     for (int64_t tile = 0; tile < s.tiles; ++tile)   // spectrum[ri][tile * L + l][v]
       for (int64_t ri = 0; ri < 2; ++ri)
         transpose<T>(spec + tile * spec_tile_stride + (p0 * 2 + ri) * L, 2 * L,
-                     spectrum.data() + (ri * pb + tile * L) * L, L, count, L);
+                     spectrum + (ri * pb + tile * L) * L, L, count, L);
     // columns[2 k_w + (re, im)][h] = sum_{k_h} rows[h][k_h] * spectrum[k_h * half + k_w]
-    complex_matmul<T>(rows, 2 * s.freq_rows, 2, spectrum.data(), half * L, L, pb * L,
-                      columns.data(), L, 2 * height * L, height * L, height, half, s.freq_rows);
+    complex_matmul<T>(rows, 2 * s.freq_rows, 2, spectrum, half * L, L, pb * L, columns, L,
+                      2 * height * L, height * L, height, half, s.freq_rows);
     // samples[h][w] = sum_c cols[c][w] * columns[c][h]
-    real_matmul<T>(cols, 1, width, columns.data(), height * L, L, samples.data(), L, width * L,
-                   width, height, 2 * half);
-    lanes_to_planes<T>(samples.data(), z, planes, p0, count, staging.data());
+    real_matmul<T>(cols, 1, width, columns, height * L, L, samples, L, width * L, width, height,
+                   2 * half);
+    lanes_to_planes<T>(samples, z, planes, p0, count, staging);
   }
 }
 
