@@ -41,6 +41,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <type_traits>
 #include <vector>
@@ -422,9 +423,25 @@ TransformShape transform_shape(const at::Tensor& spec, int64_t freq_rows, int64_
   return {spec.size(0), spec.size(0) * lanes, freq_rows, half, rows, cols};
 }
 
-// Grain of the transforms' parallel loops: groups of planes per task.
-int64_t transform_grain(int64_t groups) {
-  return std::max<int64_t>(1, groups / (8 * at::get_num_threads()));
+// Runs body(first, last) over [0, count) in batches of `grain` that the threads take in turn
+// (one atomic counter), so that a thread the OS pauses (the machine may be shared) holds up only
+// the batch it is in, not a fixed half of the work. Threads: at::parallel_for (torch's
+// intra-op pool); nested inside a parallel region it runs on the calling thread.
+template <typename F>
+void parallel_batches(int64_t count, int64_t grain, const F& body) {
+  if (count <= 0) return;
+  std::atomic<int64_t> next{0};
+  const int64_t workers = std::min<int64_t>(at::get_num_threads(), (count + grain - 1) / grain);
+  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
+    for (int64_t first = next.fetch_add(grain); first < count; first = next.fetch_add(grain)) {
+      body(first, std::min(count, first + grain));
+    }
+  });
+}
+
+// Batch of a parallel loop over `count` work items: about 8 batches per thread.
+int64_t batch_size(int64_t count) {
+  return std::max<int64_t>(1, count / (8 * at::get_num_threads()));
 }
 
 void fft_to_tiles(const at::Tensor& z, const at::Tensor& out, const at::Tensor& cols,
@@ -445,7 +462,7 @@ void fft_to_tiles(const at::Tensor& z, const at::Tensor& out, const at::Tensor& 
   AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "fft_to_tiles", [&] {
     const scalar_t* z_data = z.const_data_ptr<scalar_t>();
     scalar_t* out_data = out.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, groups, transform_grain(groups), [&](int64_t first, int64_t last) {
+    parallel_batches(groups, batch_size(groups), [&](int64_t first, int64_t last) {
       to_tiles_groups<scalar_t>(z_data, planes, out_data, out.stride(0),
                                 cols.const_data_ptr<scalar_t>(), rows.const_data_ptr<scalar_t>(),
                                 shape, first, last);
@@ -471,7 +488,7 @@ void fft_from_tiles(const at::Tensor& spec, const at::Tensor& z, const at::Tenso
   AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "fft_from_tiles", [&] {
     const scalar_t* spec_data = spec.const_data_ptr<scalar_t>();
     scalar_t* z_data = z.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, groups, transform_grain(groups), [&](int64_t first, int64_t last) {
+    parallel_batches(groups, batch_size(groups), [&](int64_t first, int64_t last) {
       from_tiles_groups<scalar_t>(spec_data, spec.stride(0), z_data, planes,
                                   cols.const_data_ptr<scalar_t>(),
                                   rows.const_data_ptr<scalar_t>(), shape, first, last);
@@ -557,8 +574,8 @@ void run_products(const Products<T>& p, int64_t groups, int64_t tiles) {
   constexpr int64_t plane = 2 * kLanes<T>;
   const int64_t col_blocks = (p.n + kProductCols - 1) / kProductCols;
   const int64_t items = groups * tiles * col_blocks;
-  // Consecutive items share the group and tile (the same a tile): each thread gets a range.
-  at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
+  // Consecutive items share the group and tile (the same a tile): batches of consecutive items.
+  parallel_batches(items, batch_size(items), [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
       const int64_t cb_index = item % col_blocks, tile = (item / col_blocks) % tiles;
       const int64_t g = item / (col_blocks * tiles), n0 = cb_index * kProductCols;
