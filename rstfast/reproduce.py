@@ -29,7 +29,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from .data import dataset_dir, locate
 from .data.generate import DEFAULT_SCALE
-from .data.cli import Parser, UsageError, guarded
+from . import results as rsresults
+from .cli import Parser, UsageError, check_backend, check_device, guarded
 from .equivariance.transforms import Transform
 from .train import DATASETS, duration
 
@@ -154,12 +155,6 @@ def same_run(run: Run, result: dict, args) -> bool:
             and result.get("data_dir") == run.data_dir)
 
 
-def load_results(path) -> List[dict]:
-    """The runs of ``path``; none if it does not exist yet."""
-    from .plot import load_results as load
-    return load(path) if Path(path).is_file() else []
-
-
 def execute(runs: List[Run], results_path: Path, log=print) -> List[str]:
     """Train every run not yet in ``results_path``; return the failures (one line each)."""
     from . import train
@@ -169,7 +164,7 @@ def execute(runs: List[Run], results_path: Path, log=print) -> List[str]:
             list(run.argv) + ["--save_model_path", run.save_model_path, "--results", str(results_path)])
         what = (f"[{number}/{len(runs)}] {run.entry.label} {run.model}"
                 + (f" (basis {run.entry.basis})" if run.entry.basis else "") + f" seed {run.seed}")
-        done = [r for r in load_results(results_path) if same_run(run, r, args)]
+        done = [r for r in rsresults.load(results_path, missing_ok=True) if same_run(run, r, args)]
         if done:
             log(f"{what}: in {results_path} (test accuracy {100 * done[-1]['acc']:.2f}%), skipped")
             continue
@@ -291,7 +286,7 @@ def side_by_side(rows: List[dict], datasets: List[str]) -> List[str]:
 
 def report(results_path: Path, out: Path, log=print) -> Tuple[Path, Path]:
     """Write ``table.md`` and ``accuracy.png`` into ``out`` from ``results_path``; print the table."""
-    results = load_results(results_path)
+    results = rsresults.load(results_path, missing_ok=True)
     if not results:
         raise UsageError(f"results: {results_path} holds no runs (expected results.yml lines "
                          f"written by rstfast-train)")
@@ -360,11 +355,11 @@ def preset_from(args) -> Preset:
             raise UsageError(f"--{name}: expected an int >= 1, got {getattr(preset, name)}")
     if preset.stability < 0:
         raise UsageError(f"--stability: expected an int >= 0, got {preset.stability}")
-    if preset.device.startswith("cuda"):
-        import torch
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {preset.device}: no CUDA GPU here (preset {args.preset} is "
-                             f"meant for one); pass --device cpu to run it on the CPU anyway")
+    try:
+        check_device(preset.device)
+    except UsageError as exc:
+        raise UsageError(f"{exc} (preset {args.preset} runs on {PRESETS[args.preset].device}; "
+                         f"--device cpu runs it on the CPU anyway)") from None
     return preset
 
 
@@ -381,9 +376,7 @@ def _main(argv=None) -> int:
     out = Path(args.out or f"./runs/reproduce-{args.preset}")
     results_path = Path(args.results) if args.results else out / "results.yml"
     tag = args.tag or f"reproduce-{args.preset}"
-    from .backends import names
-    if args.backend not in names():
-        raise UsageError(f"--backend: expected one of {', '.join(names())}, got {args.backend!r}")
+    check_backend(args.backend)
     runs = plan(preset, tag, out, args.data_root, args.backend, log)
     log(f"rstfast.reproduce: preset {args.preset} ({len(runs)} runs: "
         f"{len(preset.models)} models x {len(preset.datasets)} datasets x {preset.seeds} seeds; "
@@ -391,7 +384,7 @@ def _main(argv=None) -> int:
         f"load average {', '.join(f'{x:.2f}' for x in os.getloadavg())}); results in {results_path}")
     if args.list:
         from . import train
-        done = load_results(results_path)
+        done = rsresults.load(results_path, missing_ok=True)
         for number, run in enumerate(runs, 1):
             targs = train.build_parser().parse_args(list(run.argv))
             state = "done" if any(same_run(run, r, targs) for r in done) else "to do"
@@ -403,7 +396,7 @@ def _main(argv=None) -> int:
     log(f"rstfast.reproduce: grid done in {duration(time.time() - tic)} ({len(failures)} failed)")
     for failure in failures:
         log(f"  failed: {failure}")
-    if load_results(results_path):
+    if rsresults.load(results_path, missing_ok=True):
         report(results_path, out, log)
     if preset.stability:
         stability(runs, preset.stability, args.backend, preset.device, out, log)

@@ -6,7 +6,7 @@ import pytest
 import torch
 import yaml
 
-from rstfast import reproduce, train
+from rstfast import reproduce, results as rsresults, train
 from rstfast.data import sources
 
 from test_data import trust, write_idx_source
@@ -69,7 +69,7 @@ def test_grid_end_to_end_resumable_with_a_failed_run(tmp_path, data_root, monkey
 
 
 def test_table_and_plot_from_a_given_results_file(tmp_path, capsys):
-    lines = [train.results_line({"model": model, "acc": acc, "basis": basis, "dataset": dataset, "epochs": 2,
+    lines = [rsresults.entry_line({"model": model, "acc": acc, "basis": basis, "dataset": dataset, "epochs": 2,
                                  "elapsed_time": 10, "seconds_per_epoch": 5.0, "num_parameters": 494549})
              for model, basis, dataset, acc in (
                  ("mnist_ses_scalar_56_rot_8", "E", "rs-mnist", 0.9),

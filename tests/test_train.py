@@ -12,14 +12,16 @@ import torch
 import torch.nn as nn
 import yaml
 
-from rstfast import backends, train
+from rstfast import backends, results as rsresults, train
 from rstfast.data.generate import npz_bytes
 
 REPO = Path(__file__).resolve().parents[1]
 ORIGINAL_FIELDS = ("model", "acc", "basis", "batch_size", "cuda", "data_dir", "dataset", "decay",
                    "elapsed_time", "epochs", "extra_scaling", "lr", "lr_gamma", "lr_steps", "momentum",
                    "nesterov", "num_parameters", "optim", "save_model_path", "tag", "time_per_epoch")
-ADDED_FIELDS = ("backend", "backend_requested", "device", "seed", "seconds_per_epoch", "source")
+ADDED_FIELDS = ("backend", "backend_requested", "device", "seed", "seconds_per_epoch", "source", "amp",
+                "world_size", "global_batch_size", "train_size", "val_size", "test_size", "best_epoch",
+                "run_id", "python_version", "rstfast_version", "torch_version")
 
 
 class TinyNet(nn.Module):
@@ -93,14 +95,14 @@ def test_results_line_matches_the_original_format():
                "num_parameters": 494549, "optim": "adam",
                "save_model_path": "./saved_models/mnist/mnist_cnn_56_extra_scaling_0.5.pt",
                "tag": "sesn_experiments", "time_per_epoch": 2}
-    assert train.results_line(dict(reversed(list(example.items())))) == (
+    assert rsresults.entry_line(dict(reversed(list(example.items())))) == (
         "- {model: 'mnist_cnn_56', acc: 0.89276, basis: 'D1', batch_size: 128, cuda: true, data_dir: "
         "'./datasets/MNIST_scale/seed_0/scale_0.3_1.0', dataset: 'scale_mnist', decay: 0.0001, "
         "elapsed_time: 110, epochs: 45, extra_scaling: 0.5, lr: 0.01, lr_gamma: 0.1, lr_steps: [30], "
         "momentum: 0.9, nesterov: false, num_parameters: 494549, optim: 'adam', save_model_path: "
         "'./saved_models/mnist/mnist_cnn_56_extra_scaling_0.5.pt', tag: 'sesn_experiments', "
         "time_per_epoch: 2}\n")
-    assert train.results_line({"model": "m", "basis": None}) == "- {model: 'm', basis: null}\n"
+    assert rsresults.entry_line({"model": "m", "basis": None}) == "- {model: 'm', basis: null}\n"
 
 
 def test_resume_gives_bitwise_identical_weights(tmp_path, data_dir, tiny_model):
@@ -146,10 +148,10 @@ def test_resume_rejects_other_settings(tmp_path, data_dir, tiny_model):
 
 @pytest.mark.parametrize("argv, message", [
     (["--model", "mnist_cnn_2"], "--model: unknown model 'mnist_cnn_2'; did you mean mnist_cnn_28"),
-    (["--model", "mnist_cnn_28", "--backend", "nope"], "--backend: expected one of reference, "),
+    (["--model", "mnist_cnn_28", "--backend", "nope"], "--backend: expected one of ('reference', "),
     (["--model", "mnist_cnn_28", "--epochs", "0"], "--epochs: expected an int >= 1, got 0"),
     (["--model", "mnist_cnn_28", "--extra_scaling", "-1"], "--extra_scaling: expected a float > 0"),
-    (["--model", "mnist_cnn_28", "--data_dir", "/nonexistent"], "/nonexistent/train.npz not found"),
+    (["--model", "mnist_cnn_28", "--data_dir", "/nonexistent"], "--data_dir: /nonexistent is not a folder"),
     (["--model", "mnist_cnn_28", "--origin", "cloud"], "argument --origin: invalid choice: 'cloud'"),
     (["--model", "mnist_ses_scalar_28_rot_1", "--basis", "Z", "--data_dir", "DATA"], "--basis Z: "),
 ])

@@ -30,8 +30,9 @@ MODES = ("bicubic", "bilinear", "nearest")
 
 @dataclass(frozen=True)
 class Transform:
-    """Rotate by ``angle`` degrees (counter-clockwise), zoom by ``scale``, then translate by
-    ``shift = (dy, dx)`` pixels of the input image."""
+    """Rotate by ``angle`` degrees (counter-clockwise; not radians, unlike the layers'
+    ``rotations``), zoom by ``scale``, then translate by ``shift = (dy, dx)`` pixels of the input
+    image."""
     angle: float = 0.0
     scale: float = 1.0
     shift: Tuple[int, int] = (0, 0)
