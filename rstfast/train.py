@@ -113,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--amp", action="store_true", help="mixed precision (fp16 on GPU, bf16 on CPU)")
     p.add_argument("--resume", nargs="?", const="", default=None, metavar="CHECKPOINT",
                    help="continue from CHECKPOINT (default: this run's <save_model_path>.ckpt)")
+    p.add_argument("--continue", dest="continue_run", action="store_true",
+                   help="resume this run's checkpoint if there is one, else start it (decided once "
+                        "this process holds the run's lock; what rstfast.reproduce's workers use)")
     p.add_argument("--stop-after", dest="stop_after", type=int, default=None, metavar="N",
                    help="stop after N epochs in this invocation (time-limited jobs; then --resume)")
     p.add_argument("--results", default="./results.yml")
@@ -377,6 +380,8 @@ def run(args) -> Optional[dict]:
 
 def _run(args, env: Distributed, dataset: str, source: Optional[str], log) -> Optional[dict]:
     ckpt_path, metrics_path = checkpoint_paths(args.save_model_path)
+    if args.continue_run and args.resume is None and ckpt_path.is_file():
+        args.resume = ""
     state = None
     if args.resume is not None:
         state = load_checkpoint(Path(args.resume) if args.resume else ckpt_path, args)
