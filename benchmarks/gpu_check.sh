@@ -5,13 +5,23 @@
 # on the GPU. Results go to $OUT when set (the device tool), else benchmarks/results/.
 # Extra arguments go to benchmarks/gpu.py.
 # Dry run without a GPU:  TRITON_INTERPRET=1 bash benchmarks/gpu_check.sh --device cpu --tiny
+# (without a GPU and without --device cpu it stops with one line on stderr and exit code 2)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 PY=${PYTHON:-python}
 RESULTS=${OUT:-benchmarks/results}
 mkdir -p "$RESULTS"
-$PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, \
+case " $* " in
+    *" --device cpu "*|*" --device=cpu "*) ;;
+    *) if ! $PY -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+           echo "gpu_check.sh: error: no CUDA GPU here (torch.cuda.is_available() is not True with $PY);" \
+                "dry run on the CPU: TRITON_INTERPRET=1 bash benchmarks/gpu_check.sh --device cpu --tiny" >&2
+           exit 2
+       fi ;;
+esac
+$PY -c "import importlib.util, torch; print('torch', torch.__version__, 'triton', \
+__import__('triton').__version__ if importlib.util.find_spec('triton') else 'not installed', \
 'cuda', torch.cuda.is_available() and torch.cuda.get_device_name())"
 status=0
 $PY -m benchmarks.gpu --out "$RESULTS/gpu.json" "$@" || status=1

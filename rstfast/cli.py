@@ -62,9 +62,8 @@ def check_device(value: str, flag: str = "--device"):
     import torch
     try:
         device = torch.device(value)
-    except RuntimeError as exc:
-        raise UsageError(f"{flag}: expected a device such as cpu, cuda or cuda:1, got {value!r} "
-                         f"({one_line(exc)})") from None
+    except RuntimeError:
+        raise UsageError(f"{flag}: expected a device such as cpu, cuda or cuda:1, got {value!r}") from None
     if device.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:

@@ -433,8 +433,10 @@ def preset_from(args) -> Preset:
     try:
         check_device(preset.device)
     except UsageError as exc:
-        raise UsageError(f"{exc} (preset {args.preset} runs on {PRESETS[args.preset].device}; "
-                         f"--device cpu runs it on the CPU anyway)") from None
+        if args.device is not None:
+            raise
+        raise UsageError(f"{exc} (the {args.preset} preset's device; --device cpu runs it on the "
+                         f"CPU anyway)") from None
     return preset
 
 
@@ -465,6 +467,7 @@ def _main(argv=None) -> int:
         raise UsageError(f"--jobs {args.jobs}: with --launcher {args.launcher} every run is a job "
                          f"of its own; --jobs is for --launcher local")
     out = check_output_folder(args.out or f"./runs/reproduce-{args.preset}")
+    check_output_folder(args.data_root, "--data-root")
     results_path = Path(args.results) if args.results else out / "results.yml"
     tag = args.tag or f"reproduce-{args.preset}"
     check_backend(args.backend)

@@ -24,7 +24,8 @@ __all__ = ["append", "check_writable", "entry_line", "load", "lock_of", "yaml_va
 
 def yaml_value(value) -> str:
     """The original's serialisation: None -> null, bools lower case, strings single-quoted, numbers
-    by ``str``, lists as ``[a, b]``; added here: dicts as ``{'k': v}``, non-finite floats as
+    by ``str``, lists as ``[a, b]``; added here: dicts as ``{'k': v}``, floats with an exponent
+    always with a dot (``5.0e-05``: YAML 1.1 reads ``5e-05`` as a string), non-finite floats as
     ``.nan`` / ``.inf``, strings with line breaks or control characters double-quoted."""
     if value is None:
         return "null"
@@ -34,8 +35,11 @@ def yaml_value(value) -> str:
         if any(ord(c) < 32 or c == "\x7f" for c in value):
             return json.dumps(value)
         return "'" + value.replace("'", "''") + "'"
-    if isinstance(value, float) and not math.isfinite(value):
-        return ".nan" if math.isnan(value) else (".inf" if value > 0 else "-.inf")
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return ".nan" if math.isnan(value) else (".inf" if value > 0 else "-.inf")
+        text = str(value)                       # YAML 1.1 reads 5e-05 as a string: 5.0e-05
+        return text.replace("e", ".0e", 1) if "e" in text and "." not in text else text
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(yaml_value(v) for v in value) + "]"
     if isinstance(value, dict):
@@ -62,10 +66,11 @@ def _parse(text: str, path) -> List[dict]:
     if not isinstance(runs, list) or not all(isinstance(run, dict) for run in runs):
         what = type(runs).__name__ if not isinstance(runs, list) else "a list with non-mapping items"
         raise UsageError(f"results: expected a YAML list of runs in {path}, got {what}")
-    missing = [i + 1 for i, run in enumerate(runs) if "model" not in run or "acc" not in run]
-    if missing:
-        raise UsageError(f"results: runs {missing[:5]} of {path} have no 'model' or 'acc' (expected "
-                         f"lines written by rstfast-train)")
+    bad = [i + 1 for i, run in enumerate(runs) if not isinstance(run.get("model"), str)
+           or isinstance(run.get("acc"), bool) or not isinstance(run.get("acc"), (int, float))]
+    if bad:
+        raise UsageError(f"results: runs {bad[:5]} of {path} lack a model name or a numeric acc "
+                         f"(expected lines written by rstfast-train)")
     return runs
 
 

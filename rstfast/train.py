@@ -43,7 +43,8 @@ from . import backends as rsbackends
 from . import data as rsdata
 from . import results as rsresults
 from .files import FileLock
-from .cli import Parser, UsageError, check_backend, check_device, guarded, one_line
+from .cli import (Parser, UsageError, check_backend, check_device, check_output_folder, guarded,
+                  one_line)
 
 DATASETS = {"rs-mnist": "mnist", "rs-fmnist": "fmnist", "rs-mnist-5k": "mnist-5k"}
 CHECKPOINT_FORMAT = 3  # 3: + run_id; 2: RNG states as tensors and plain types (weights_only=True)
@@ -147,6 +148,10 @@ def check_args(args) -> None:
                          + (f"; did you mean {', '.join(close)}?" if close else "")
                          + f" ({len(models.FACTORIES)} names in rstfast.models.list())")
     rsresults.check_writable(args.results)
+    if args.save_model_path:
+        check_output_folder(Path(args.save_model_path).parent, "--save_model_path")
+    if not args.data_dir:
+        check_output_folder(args.data_root, "--data-root")
     if args.data_dir and not Path(args.data_dir).is_dir():
         raise UsageError(f"--data_dir: {args.data_dir} is not a folder (expected a generated "
                          f"dataset folder with train.npz, val.npz and test.npz)")

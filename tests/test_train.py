@@ -1,5 +1,6 @@
 """rstfast.train: training loop, checkpoint/resume, results.yml, CLI errors, progress, plots."""
 import json
+import math
 import re
 import os
 import subprocess
@@ -71,7 +72,10 @@ def test_two_epochs_reduce_loss_and_write_results(tmp_path, data_dir, tiny_model
     out = capsys.readouterr().out
     assert "Epoch   1/  2| Train Acc@1: " in out and "| Val Acc@1: " in out and "Test Acc" not in out
     assert "| Elapsed: " in out and "| ETA: " in out
-    assert "  epoch 1/2: batch 1/10, " in out and "training pass ~" in out  # stderr is no terminal here
+    # stderr is no terminal here: progress lines; the first batch (auto's one-off measuring) is
+    # not used for the time left
+    assert "  epoch 1/2: batch 1/10, " in out and "first batch (includes auto's one-off measuring" in out
+    assert "  epoch 1/2: batch 2/10, " in out and "training pass ~" in out
     lines = (tmp_path / "results.yml").read_text().splitlines()
     assert len(lines) == 1 and lines[0].startswith("- {model: 'tiny', acc: ")
     (entry,) = yaml.safe_load(lines[0])
@@ -85,6 +89,22 @@ def test_two_epochs_reduce_loss_and_write_results(tmp_path, data_dir, tiny_model
     assert entry["lr_steps"] == [20, 40] and entry["num_parameters"] == 482 and entry["seed"] == 0
     best = torch.load(tmp_path / "run" / "model.pt")
     assert set(best) == set(TinyNet().state_dict())
+
+
+def test_eta_leaves_the_first_epoch_out():
+    assert train.eta([30.0, 2.0, 4.0], 5) == 15.0       # the first epoch measured every layer shape
+    assert train.eta([30.0], 2) == 60.0                  # nothing else known yet
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="--cuda without a GPU")
+def test_cuda_flag_without_a_gpu_records_the_cpu(tmp_path, data_dir, tiny_model, capsys):
+    results = run_cli(tmp_path, data_dir, "--epochs", "1", "--cuda", "--no-train-eval")
+    assert results["cuda"] is False and results["device"] == "cpu"
+    assert "--cuda: no CUDA GPU here; training on the CPU" in capsys.readouterr().out
+    (entry,) = yaml.safe_load((tmp_path / "results.yml").read_text())
+    assert entry["cuda"] is False and entry["world_size"] == 1 and entry["global_batch_size"] == 16
+    assert (entry["train_size"], entry["val_size"], entry["test_size"]) == (160, 40, 40)
+    assert entry["torch_version"] == torch.__version__ and entry["amp"] is False
 
 
 def test_results_line_matches_the_original_format():
@@ -245,3 +265,84 @@ def test_two_process_cpu_training_with_torchrun(tmp_path, data_dir):
     assert done.stdout.count("Epoch   1/  1|") == 1  # only rank 0 prints
     (entry,) = yaml.safe_load((tmp_path / "results.yml").read_text())
     assert entry["model"] == "mnist_cnn_28" and 0.0 <= entry["acc"] <= 1.0
+    assert entry["world_size"] == 2 and entry["batch_size"] == 40 and entry["global_batch_size"] == 80
+
+
+class TinyRST(nn.Module):
+    """LiftingConv -> GroupConv -> max projection -> dropout -> linear, every layer ``backend``:
+    auto's measuring, its decisions and the dropout RNG in one small model."""
+
+    def __init__(self, backend="auto"):
+        super().__init__()
+        from rstfast.nn import GroupConv, GroupMaxProjection, LiftingConv
+        common = dict(kernel_size=7, effective_size=3, scales=[1.0, 1.5], mult=1.5, max_order=2,
+                      rotations=[r * math.pi / 2 for r in range(4)], padding=3, basis_type="E",
+                      backend=backend)
+        self.lift = LiftingConv(1, 2, stride=2, **common)
+        self.group = GroupConv(2, 2, scale_size=1, rotation_size=2, **common)
+        self.head = nn.Sequential(GroupMaxProjection(), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
+                                  nn.Flatten(), nn.Dropout(0.3), nn.Linear(8, 10))
+
+    def forward(self, x):
+        return self.head(self.group(self.lift(x)))
+
+
+@pytest.fixture
+def small_data(tmp_path):
+    """50 training images: batch 16 leaves a partial last batch of 2 (a shape auto meets late)."""
+    rng = np.random.default_rng(1)
+    for split, n in (("train", 50), ("val", 20), ("test", 20)):
+        (tmp_path / f"{split}.npz").write_bytes(npz_bytes(rng.integers(0, 255, (n, 28, 28)).astype(np.uint8),
+                                                          np.arange(n) % 10))
+    return tmp_path
+
+
+@pytest.fixture
+def measuring_auto(monkeypatch):
+    """auto measures every candidate (nothing pruned by the cost model) and starts from nothing."""
+    from rstfast import autotune
+    monkeypatch.delenv("RSTFAST_AUTOTUNE", raising=False)
+    monkeypatch.setattr(autotune, "PRUNE", math.inf)
+    monkeypatch.setattr(train, "build_model", lambda name, basis, backend: TinyRST(backend))
+    backends.clear_cache()
+    yield autotune
+    backends.clear_cache()
+
+
+def final_state(tmp_path, name):
+    return torch.load(tmp_path / name / "model.ckpt", weights_only=True)
+
+
+def assert_same_run(a, b):
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    assert [h["train_loss"] for h in a["history"]] == [h["train_loss"] for h in b["history"]]
+    assert [h["val_acc"] for h in a["history"]] == [h["val_acc"] for h in b["history"]]
+
+
+def test_auto_measuring_leaves_the_random_streams_alone(tmp_path, small_data, measuring_auto):
+    """Same seed: the run in which auto measures (its first calls, the partial last batch, eval)
+    equals the same run on the backends it picked, measuring nothing: same data order, dropout
+    masks, losses, weights, and the same global RNG state afterwards."""
+    common = ("--epochs", "2", "--no-train-eval", "--model", "mnist_cnn_28")
+    run_cli(tmp_path, small_data, *common, name="measured")
+    after_measuring = torch.get_rng_state()
+    measured = [d for d in measuring_auto.decisions() if d.method == "measured"]
+    assert len(measured) >= 4, measuring_auto.explain()   # lift, group x train, partial batch, eval
+    count = len(measuring_auto.decisions())
+    run_cli(tmp_path, small_data, *common, name="picked")   # decisions cached: nothing measured
+    assert len(measuring_auto.decisions()) == count
+    assert_same_run(final_state(tmp_path, "measured"), final_state(tmp_path, "picked"))
+    assert torch.equal(after_measuring, torch.get_rng_state())
+
+
+def test_resume_with_auto_is_bitwise(tmp_path, small_data, measuring_auto):
+    """Interrupted after epoch 1 (partial last batch in every epoch), resumed in a "new process"
+    (auto's decisions forgotten): the same weights, losses and accuracies as the uninterrupted run."""
+    common = ("--epochs", "2", "--lr_steps", "1", "--no-train-eval", "--model", "mnist_cnn_28")
+    whole = run_cli(tmp_path, small_data, *common, name="whole")
+    assert run_cli(tmp_path, small_data, *common, "--stop-after", "1", name="split") is None
+    backends.clear_cache()                                   # what a new process starts from
+    resumed = run_cli(tmp_path, small_data, *common, "--resume", name="split")
+    assert_same_run(final_state(tmp_path, "whole"), final_state(tmp_path, "split"))
+    assert resumed["acc"] == whole["acc"] and resumed["backend"] == whole["backend"]

@@ -248,7 +248,7 @@ def prepare(dataset: str = "mnist", dest=".", data_root="./datasets", seed: int 
     folder = dataset_dir(dest, dataset, seed, min_scale, max_scale, sizes, min_rot, max_rot)
     blocking = blocking_file(folder)
     if blocking is not None:
-        raise DataError(f"dest: cannot create the dataset folder {folder}: {blocking} is a file, "
+        raise DataError(f"{folder}: cannot create this dataset folder: {blocking} is a file, "
                         f"expected a folder")
     with FileLock(folder.with_name(f".{folder.name}.lock")):  # one process writes, others then reuse
         return _prepare(folder, dataset, data_root, seed, sizes, min_rot, max_rot, min_scale,

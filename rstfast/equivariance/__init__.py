@@ -14,12 +14,12 @@ Units: a :class:`Transform` angle is in **degrees**, counter-clockwise (``Transf
 """
 from ..models.checkpoint import input_shape_of, load_model, load_state_dict
 from ..reference.bases import BASIS_TYPES
-from .measure import (NO_ROTATION_BASES, STABILITY_TRANSFORMS, Measurement, basis_test_net,
-                      compare_bases, default_transforms, measure, prediction_stability,
-                      probed_layers, smooth_inputs)
+from .measure import (DEGENERATE_SHARE, NO_ROTATION_BASES, STABILITY_TRANSFORMS, Measurement,
+                      basis_test_net, compare_bases, default_transforms, measure,
+                      prediction_stability, probed_layers, smooth_inputs)
 from .transforms import Group, Transform, relative_error, transform_map, valid_region
 
-__all__ = ["BASIS_TYPES", "NO_ROTATION_BASES", "STABILITY_TRANSFORMS", "Group", "Measurement",
-           "Transform", "basis_test_net", "compare_bases", "default_transforms", "input_shape_of",
+__all__ = ["BASIS_TYPES", "DEGENERATE_SHARE", "NO_ROTATION_BASES", "STABILITY_TRANSFORMS", "Group",
+           "Measurement", "Transform", "basis_test_net", "compare_bases", "default_transforms", "input_shape_of",
            "load_model", "load_state_dict", "measure", "prediction_stability", "probed_layers",
            "relative_error", "smooth_inputs", "transform_map", "valid_region"]
