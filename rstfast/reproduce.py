@@ -430,13 +430,14 @@ def preset_from(args) -> Preset:
             raise UsageError(f"--{name}: expected an int >= 1, got {getattr(preset, name)}")
     if preset.stability < 0:
         raise UsageError(f"--stability: expected an int >= 0, got {preset.stability}")
-    try:
-        check_device(preset.device)
-    except UsageError as exc:
-        if args.device is not None:
-            raise
-        raise UsageError(f"{exc} (the {args.preset} preset's device; --device cpu runs it on the "
-                         f"CPU anyway)") from None
+    if args.launcher == "local" and not args.list:  # submitit: checked where the jobs run
+        try:
+            check_device(preset.device)
+        except UsageError as exc:
+            if args.device is not None:
+                raise
+            raise UsageError(f"{exc} (the {args.preset} preset's device; --device cpu runs it on "
+                             f"the CPU anyway)") from None
     return preset
 
 

@@ -109,9 +109,11 @@ def test_presets_and_the_full_mnist_fallback(tmp_path, monkeypatch, capsys):
     resolved = reproduce.resolve_datasets(("rs-mnist", "rs-fmnist"), tmp_path, print)
     assert resolved == ("rs-mnist-5k", "rs-fmnist")
     assert "using the 5,000-digit subset" in capsys.readouterr().out
-    if not torch.cuda.is_available():  # the paper preset is for a GPU
-        assert reproduce.main(["--preset", "paper", "--list"]) == 2
+    if not torch.cuda.is_available():  # the paper preset is for a GPU; listing it needs none
+        assert reproduce.main(["--preset", "paper", "--out", str(tmp_path / "p")]) == 2
         assert "--device cuda: no CUDA GPU here" in capsys.readouterr().err
+        assert reproduce.main(["--preset", "paper", "--list", "--out", str(tmp_path / "p")]) == 0
+        assert capsys.readouterr().out.count("] to do: --model") == 108
     assert reproduce.main(["--seeds", "0", "--list"]) == 2
     assert "--seeds: expected an int >= 1, got 0" in capsys.readouterr().err
     assert reproduce.main(["--backend", "nope", "--list"]) == 2
