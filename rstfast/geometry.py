@@ -18,25 +18,36 @@ Filter buffer (flat, float32 — float64 for float64 weights): one block per sca
 ``off_s = (K - n_s) // 2``. Each ``(a, r)`` slot is a ``conv2d`` weight ``[O, C, n_s, n_s]``.
 
 Geometries cross ``torch.library`` op boundaries as ``int[]`` (:meth:`Geometry.encode`,
-:func:`decode`), which carries the derived tables too (crops, block offsets, the read table), so
-kernels in every language read the index map and the layout instead of re-deriving them.
+:func:`decode`): the header :data:`HEADER_FIELDS`, then the tables :data:`TABLES` (per-scale support,
+crop and block offset, the read table and its inverse, the reader table), so kernels in every
+language read the index map and the layout instead of re-deriving them. This module is the layout's
+one Python spelling; ``csrc/geometry.h`` is its one C++ spelling (CPU and CUDA), and
+``rstfast/triton/layout.py`` reads the offsets this module computes (:meth:`Geometry.table_offsets`).
 """
 from __future__ import annotations
 
 import functools
+import itertools
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
 from ._checks import feature_map_shape, positive_int
 
 __all__ = ["Geometry", "basis_support", "decode", "lifting_geometry", "group_geometry",
-           "filter_dtype", "index_map", "out_side"]
+           "filter_dtype", "index_map", "out_side", "ENCODING_VERSION", "HEADER_FIELDS", "TABLES"]
 
-# Bumped whenever the int[] encoding changes (the C++ decoder checks it).
-ENCODING_VERSION = 1
-_HEADER = 12          # version, lifting, C, O, F, K, R, S, Lr, Ls, stride, padding
+# Bumped whenever the int[] encoding changes (every decoder checks it: decode() and geometry.h).
+ENCODING_VERSION = 2
+# The encoding: these header fields, then the tables, each table one after the other.
+HEADER_FIELDS = ("version", "lifting", "in_channels", "out_channels", "num_funcs", "kernel_size",
+                 "num_rotations", "num_scales", "rotation_size", "scale_size", "stride", "padding")
+# support[S] | crop[S] | slot_start[S*A*R] | read[T*A] | reader_start[T_in + 1] | reader[reads]:
+# slot_start[(s*A + a)*R + r] = first element of slot (a, r) of scale s in the filter buffer (a
+# conv2d weight [O, C, n_s, n_s]); read[t*A + a] = input slice of (t, a) or -1; the readers of
+# input slice q are reader[reader_start[q] : reader_start[q + 1]], each t*A + a, in (t, a) order.
+TABLES = ("support", "crop", "slot_start", "read", "reader_start", "reader")
 
 
 @functools.lru_cache(maxsize=64)
@@ -139,6 +150,26 @@ class Geometry:
                              f"than kernel_size {self.kernel_size}; expected H, W >= "
                              f"{self.kernel_size - 2 * self.padding}")
 
+    def check_call(self, x: torch.Tensor, weight: torch.Tensor, basis: Optional[torch.Tensor],
+                   bias: Optional[torch.Tensor]) -> None:
+        """The one validation of a convolution call: x (:meth:`check_input`), the shapes of
+        weight ``[O, C, (A,) F]``, basis ``[F, T, K, K]`` and bias ``[O]`` against this geometry,
+        and one device for all; errors name the argument."""
+        self.check_input(x)
+        expected = {"weight": self.weight_shape(),
+                    "basis": (self.num_funcs, self.group_size, self.kernel_size, self.kernel_size),
+                    "bias": (self.out_channels,)}
+        layouts = {"weight": "(the geometry)", "basis": "([F, T, K, K])", "bias": "(out channels)"}
+        for name, tensor in (("weight", weight), ("basis", basis), ("bias", bias)):
+            if tensor is None:
+                continue
+            if tuple(tensor.shape) != tuple(expected[name]):
+                raise ValueError(f"{name}: expected shape {tuple(expected[name])} "
+                                 f"{layouts[name]}, got {tuple(tensor.shape)}")
+            if tensor.device != x.device:
+                raise ValueError(f"{name}: expected a tensor on x's device {x.device}, got one "
+                                 f"on {tensor.device}")
+
     # ------------------------------------------------------------- index map
     @functools.cached_property
     def read_table(self) -> Tuple[Tuple[int, ...], ...]:
@@ -152,16 +183,29 @@ class Geometry:
     def input_slice(self, t: int, a: int) -> int:
         return self.read_table[t][a]
 
-    def readers(self, q: int) -> List[Tuple[int, int]]:
+    @functools.cached_property
+    def reads(self) -> Tuple[Tuple[int, int, int], ...]:
+        """Every ``(t, a, q)`` with output ``t`` reading input slice ``q >= 0`` through offset
+        ``a``, in ``(t, a)`` order."""
+        return tuple((t, a, q) for t, row in enumerate(self.read_table)
+                     for a, q in enumerate(row) if q >= 0)
+
+    @functools.cached_property
+    def reader_table(self) -> Tuple[Tuple[Tuple[int, int], ...], ...]:
+        """The inverse index map: ``reader_table[q]`` lists every ``(t, a)`` whose output reads
+        input slice ``q``, in ``(t, a)`` order (empty for a slice no output reads)."""
+        table: List[List[Tuple[int, int]]] = [[] for _ in range(self.in_slices)]
+        for t, a, q in self.reads:
+            table[q].append((t, a))
+        return tuple(tuple(readers) for readers in table)
+
+    def readers(self, q: int) -> Tuple[Tuple[int, int], ...]:
         """Every ``(t, a)`` whose output reads input slice ``q``, in ``(t, a)`` order."""
-        return [(t, a) for t, row in enumerate(self.read_table) for a, p in enumerate(row)
-                if p == q]
+        return self.reader_table[q]
 
     # --------------------------------------------------------- filter layout
     def block_numel(self, s: int) -> int:
-        n = self.support[s]
-        return (self.num_offsets * self.num_rotations * self.out_channels * self.in_channels
-                * n * n)
+        return self.num_offsets * self.num_rotations * self.slot_numel(s)
 
     @functools.cached_property
     def block_offsets(self) -> Tuple[int, ...]:
@@ -176,6 +220,14 @@ class Geometry:
     def filter_numel(self) -> int:
         return self.block_offsets[-1] + self.block_numel(self.num_scales - 1)
 
+    def slot_numel(self, s: int) -> int:
+        """Elements of one ``(a, r)`` slot of scale ``s``: ``O * C * n_s * n_s``."""
+        return self.out_channels * self.in_channels * self.support[s] ** 2
+
+    def slot_start(self, s: int, a: int, r: int) -> int:
+        """First element of slot ``(a, r)`` of scale ``s`` in the filter buffer."""
+        return self.block_offsets[s] + (a * self.num_rotations + r) * self.slot_numel(s)
+
     def filter_block(self, filters: torch.Tensor, s: int) -> torch.Tensor:
         """View of scale ``s``'s block of the flat buffer: ``[A, R, O, C, n_s, n_s]``."""
         n, start = self.support[s], self.block_offsets[s]
@@ -188,16 +240,34 @@ class Geometry:
 
     # -------------------------------------------------------------- encoding
     @functools.cached_property
-    def encoded(self) -> Tuple[int, ...]:
-        """``[version, lifting, C, O, F, K, R, S, Lr, Ls, stride, padding, support[S],
-        crop[S], block_offsets[S], read_table[T*A]]``: everything a kernel reads, derived here
-        once (the C++ side only decodes it, csrc/geometry.h)."""
+    def tables(self) -> Tuple[int, ...]:
+        """The tables of :data:`TABLES`, concatenated (the encoding after its header)."""
         crops = tuple(self.crop(s) for s in range(self.num_scales))
-        table = tuple(q for row in self.read_table for q in row)
-        return (ENCODING_VERSION, int(self.lifting), self.in_channels, self.out_channels,
-                self.num_funcs, self.kernel_size, self.num_rotations, self.num_scales,
-                self.rotation_size, self.scale_size, self.stride, self.padding, *self.support,
-                *crops, *self.block_offsets, *table)
+        slots = tuple(self.slot_start(s, a, r) for s in range(self.num_scales)
+                      for a in range(self.num_offsets) for r in range(self.num_rotations))
+        read = tuple(q for row in self.read_table for q in row)
+        starts, reader = [0], []
+        for readers in self.reader_table:
+            reader.extend(t * self.num_offsets + a for t, a in readers)
+            starts.append(len(reader))
+        return (*self.support, *crops, *slots, *read, *starts, *reader)
+
+    @functools.cached_property
+    def table_offsets(self) -> Dict[str, int]:
+        """Start of each table of :data:`TABLES` within :attr:`tables`."""
+        sizes = (self.num_scales, self.num_scales,
+                 self.num_scales * self.num_offsets * self.num_rotations,
+                 self.group_size * self.num_offsets, self.in_slices + 1, len(self.reads))
+        starts = itertools.accumulate(sizes[:-1], initial=0)
+        return dict(zip(TABLES, starts))
+
+    @functools.cached_property
+    def encoded(self) -> Tuple[int, ...]:
+        """The header fields of :data:`HEADER_FIELDS`, then :attr:`tables`: everything a kernel
+        reads, derived here once (the C++ side only decodes it, csrc/geometry.h)."""
+        header = dict(version=ENCODING_VERSION, lifting=int(self.lifting),
+                      **{name: getattr(self, name) for name in HEADER_FIELDS[2:]})
+        return (*(header[name] for name in HEADER_FIELDS), *self.tables)
 
     def encode(self) -> List[int]:
         """The ``int[]`` form passed to the ``torch.library`` ops."""
@@ -211,12 +281,15 @@ class Geometry:
 
 @functools.lru_cache(maxsize=256)
 def _decode(encoded: Tuple[int, ...]) -> Geometry:
-    if len(encoded) < _HEADER or encoded[0] != ENCODING_VERSION:
+    header = len(HEADER_FIELDS)
+    if len(encoded) < header or encoded[0] != ENCODING_VERSION:
         raise ValueError(f"geometry: expected an encoding of version {ENCODING_VERSION} "
                          f"(Geometry.encode()), got {list(encoded)}")
-    (_, lifting, c, o, f, k, r, s, lr, ls, stride, padding) = encoded[:_HEADER]
-    geo = Geometry(bool(lifting), c, o, f, k, r, s, lr, ls, stride, padding,
-                   tuple(encoded[_HEADER:_HEADER + s]))
+    fields = dict(zip(HEADER_FIELDS, encoded[:header]))
+    del fields["version"]
+    fields["lifting"] = bool(fields["lifting"])
+    num_scales = fields["num_scales"]
+    geo = Geometry(**fields, support=tuple(encoded[header:header + num_scales]))
     if geo.encoded != encoded:
         raise ValueError(f"geometry: the encoding is not that of {geo} (Geometry.encode())")
     return geo

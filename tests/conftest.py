@@ -16,16 +16,9 @@ if DEVICE == "cpu":
 from rstfast import backends  # noqa: E402  (after TRITON_INTERPRET)
 
 
-def _register_extra_backends() -> None:
-    """``RSTFAST_EXTRA_BACKENDS="name=module[:kind],..."`` registers more backends, which every
-    backend-parametrized test then covers (the contract suite runs on a user's backend)."""
-    for item in filter(None, os.environ.get("RSTFAST_EXTRA_BACKENDS", "").split(",")):
-        name, _, target = item.partition("=")
-        module, _, kind = target.partition(":")
-        backends.register(name.strip(), module.strip(), kind=kind.strip() or "kernels")
-
-
-_register_extra_backends()
+# RSTFAST_EXTRA_BACKENDS="name=module[:kind],..." registers more backends, which every
+# backend-parametrized test then covers (the contract suite runs on a user's backend).
+backends.register_specs(os.environ.get("RSTFAST_EXTRA_BACKENDS", ""))
 # Backends that must run on this machine in CI (a skip there would hide a broken build).
 REQUIRED_IN_CI = {"cpu": ("reference", "cpp", "fft"), "cuda": ("reference", "triton", "cuda", "fft")}
 BACKENDS = tuple(name for name in backends.names() if name != "auto")

@@ -39,7 +39,7 @@ def test_first_call_loads_the_extension(cpp):
         from rstfast.geometry import group_geometry
         x, w, basis = torch.randn(1, 2, 4, 7, 7), torch.randn(3, 2, 1, 5), torch.randn(5, 4, 3, 3)
         geo = group_geometry(2, 3, basis, 4, 1, 1, 1, 1)
-        print(tuple(ext.conv_forward(x, filters.expand(w, basis, geo), None, geo).shape))
+        print(tuple(ext.conv_forward(x, filters.expand_cropped(w, basis, geo), None, geo).shape))
     """)
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=REPO)

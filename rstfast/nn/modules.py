@@ -20,7 +20,23 @@ from ..reference.bases import steerable_basis
 __all__ = ["LiftingConv", "GroupConv", "GroupConv1x1", "GroupMaxProjection",
            "SESConv_Z2_H", "SESConv_H_H", "SESConv_H_H_1x1", "SESMaxProjection"]
 
-_BASIS_KWARGS = ("mult", "max_order", "spt")
+# The keyword arguments the layers pass to the basis (rstfast.reference.bases.steerable_basis;
+# each basis type uses some of them and ignores the others, as the original), and the ones the
+# original's model code passes to its layers, which they ignore.
+BASIS_KEYWORDS = ("mult", "max_order", "spt")
+IGNORED_KEYWORDS = ("dropout",)
+
+
+def _basis_keywords(layer: str, kwargs: dict) -> dict:
+    """The basis keywords of ``kwargs``; a TypeError names any keyword that is neither a basis
+    keyword nor one of :data:`IGNORED_KEYWORDS`."""
+    unknown = sorted(set(kwargs) - set(BASIS_KEYWORDS) - set(IGNORED_KEYWORDS))
+    if unknown:
+        raise TypeError(f"{layer}: unexpected keyword argument(s) {', '.join(map(repr, unknown))}; "
+                        f"expected the layer's own arguments, the basis keywords "
+                        f"{', '.join(BASIS_KEYWORDS)}, or {', '.join(IGNORED_KEYWORDS)} (ignored, "
+                        f"as the original)")
+    return {key: value for key, value in kwargs.items() if key in BASIS_KEYWORDS}
 
 
 def _refresh_geometry(module, incompatible_keys) -> None:
@@ -45,7 +61,7 @@ class _RotoScaleConv(nn.Module):
     last_backend = None          # name of the backend that ran the last forward (backends.used)
 
     def __init__(self, in_channels, out_channels, kernel_size, effective_size, scales, rotations,
-                 stride, padding, bias, basis_type, backend, offsets, basis_kwargs):
+                 stride, padding, bias, basis_type, backend, neighbourhood, basis_kwargs):
         super().__init__()
         self.in_channels = _checks.positive_int("in_channels", in_channels)
         self.out_channels = _checks.positive_int("out_channels", out_channels)
@@ -59,18 +75,19 @@ class _RotoScaleConv(nn.Module):
         self.scales = [round(s, 3) for s in scales]        # as the original: for repr only
         self.num_scales = len(scales)
         self.num_rotations = len(rotations)
-        self.rotation_size, self.scale_size = offsets if offsets else (1, 1)
-        kwargs = {k: v for k, v in basis_kwargs.items() if k in _BASIS_KWARGS}
+        self.rotation_size, self.scale_size = neighbourhood if neighbourhood else (1, 1)
         basis = steerable_basis(basis_type, self.kernel_size, rotations, scales,
-                                self.effective_size, **kwargs)
+                                self.effective_size,
+                                **_basis_keywords(type(self).__name__, basis_kwargs))
         if basis.shape[1] != self.num_rotations * self.num_scales:
             raise ValueError(
                 f"basis_type: {basis_type!r} gives {basis.shape[1]} group slices but "
                 f"len(rotations) * len(scales) = {self.num_rotations * self.num_scales}; "
-                f"types A, B and D take no rotations, use rotations=[0.0] with them")
+                f"types A, B and D (A is the default, as in the original) take no rotations: "
+                f"use rotations=[0.0] with them, or a rotating type such as 'E' (the paper's)")
         self.register_buffer("basis", basis)
         self.num_funcs = basis.shape[0]
-        num_offsets = (self.rotation_size * self.scale_size,) if offsets else ()
+        num_offsets = (self.rotation_size * self.scale_size,) if neighbourhood else ()
         self.weight = nn.Parameter(torch.empty(self.out_channels, self.in_channels, *num_offsets,
                                                self.num_funcs))
         self.register_parameter("bias",
@@ -127,25 +144,24 @@ class _RotoScaleConv(nn.Module):
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x: expected a torch.Tensor, got {type(x).__name__}")
         geo = self.geometry
-        geo.check_input(x)
-        _checks.like_layer(x, name="x", like=self.weight)
-        choice = ops.select(x, self.backend, self.weight, self.basis, self.bias, geo)
-        self.last_backend = choice.name
-        return ops.run(choice, x, self.weight, self.basis, self.bias, geo,
-                       filters=self._cached_filters(x, choice, geo))
+        geo.check_input(x)                        # the one validation of x: shape, and
+        _checks.like_layer(x, name="x", like=self.weight)   # device and dtype of the layer
+        backend = ops.select(x, self.backend, self.weight, self.basis, self.bias, geo)
+        self.last_backend = backend.name
+        return backend.forward(x, self.weight, self.basis, self.bias, geo,
+                               filters=self._cached_filters(x, backend, geo))
 
-    def _cached_filters(self, x: torch.Tensor, choice, geo):
-        """The reusable filters of ``choice`` when no gradient can flow, else None."""
+    def _cached_filters(self, x: torch.Tensor, backend, geo):
+        """The reusable filters of ``backend`` when no gradient can flow, else None."""
         params = [x, self.weight] + ([self.bias] if self.bias is not None else [])
         if not self.cache_filters or (torch.is_grad_enabled()
                                       and any(t.requires_grad for t in params)):
             return None
-        key = (choice.backend.kind, choice.module.__name__, self.weight.data_ptr(),
-               self.weight._version, self.weight.dtype, self.basis.data_ptr(),
-               self.basis._version, x.device)
+        key = (backend.name, self.weight.data_ptr(), self.weight._version, self.weight.dtype,
+               self.basis.data_ptr(), self.basis._version, x.device)
         if self._filter_cache is None or self._filter_cache[0] != key:
             self._filter_cache = None               # free the old filters before building
-            self._filter_cache = (key, ops.prepare_filters(choice, self.weight, self.basis, geo))
+            self._filter_cache = (key, backend.prepare_filters(self.weight, self.basis, geo))
         return self._filter_cache[1]
 
     def extra_repr(self) -> str:
@@ -159,7 +175,8 @@ class LiftingConv(_RotoScaleConv):
     """Lifting convolution Z2 -> H: ``[B, C, H, W] -> [B, O, R*S, H', W']`` (rotation-major).
 
     weight ``[O, C, F]``, basis buffer ``[F, R*S, K, K]``, bias ``[O]`` (zeros) or None.
-    ``**kwargs`` reach the basis builder (``mult``, ``max_order``, ``spt``); others are ignored.
+    ``**kwargs``: the basis keywords ``mult``, ``max_order``, ``spt``, and ``dropout`` (ignored, as
+    the original); any other is a TypeError.
     """
     layer_kind = "lift"
 

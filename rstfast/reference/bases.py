@@ -22,16 +22,15 @@ from __future__ import annotations
 
 import functools
 import math
-import numbers
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional
 
 import numpy as np
 import torch
 from numpy.polynomial import hermite_e
 from scipy import special
 
-from .._checks import positive_int
+from .._checks import float_list, odd_kernel_size, positive_float, positive_int
 from ._bessel import bessel_pairs, fb_bound, fb_function_count
 
 __all__ = ["steerable_basis", "raw_steerable_basis", "support_sizes", "BASIS_TYPES"]
@@ -256,43 +255,11 @@ def _per_scale(kind: _BasisType, effective_size: int, max_order: int):
 # Validation
 # ----------------------------------------------------------------------------------------------
 
-def _positive_float(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name}: expected a positive float, got {value!r} "
-                        f"({type(value).__name__})")
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name}: expected a positive finite float, got {value!r}")
-    return float(value)
-
-
-def _float_tuple(name: str, values, positive: bool) -> tuple:
-    what = "positive finite floats" if positive else "finite floats (radians)"
-    sequence = isinstance(values, (Sequence, np.ndarray, torch.Tensor))
-    if isinstance(values, (str, bytes)) or not sequence:
-        raise TypeError(f"{name}: expected a non-empty list of {what}, got {values!r}")
-    try:
-        values = tuple(float(v) for v in values)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name}: expected a non-empty list of {what}, got {values!r}") from None
-    if not values:
-        raise ValueError(f"{name}: expected a non-empty list of {what}, got []")
-    if not all(math.isfinite(v) and (v > 0 or not positive) for v in values):
-        raise ValueError(f"{name}: expected a non-empty list of {what}, got {list(values)}")
-    return values
-
-
 def _basis_type(basis_type) -> _BasisType:
     if not isinstance(basis_type, str) or basis_type not in _TYPES:
         raise ValueError(f"basis_type: got {basis_type!r}, expected one of "
                          f"{', '.join(BASIS_TYPES)}")
     return _TYPES[basis_type]
-
-
-def _kernel_size(size) -> int:
-    size = positive_int("size", size, 3)
-    if size % 2 == 0:
-        raise ValueError(f"size: expected an odd kernel size (the basis is centred), got {size}")
-    return size
 
 
 def _supports(size: int, scales: tuple, full_support: bool) -> list:
@@ -309,8 +276,8 @@ def support_sizes(size, scales, basis_type) -> list:
     Raises ValueError if some ``n_i <= 1`` (the original asserts ``n_i > 1``).
     """
     kind = _basis_type(basis_type)
-    size = _kernel_size(size)
-    scales = _float_tuple("scales", scales, positive=True)
+    size = odd_kernel_size("size", size)
+    scales = tuple(float_list("scales", scales, positive=True))
     sizes = _supports(size, scales, kind.full_support)
     if min(sizes) <= 1:
         raise ValueError(f"scales: every scale must give a support "
@@ -404,13 +371,13 @@ def _canonical_args(basis_type, size, rotations, scales, effective_size, mult, m
                     dtype) -> tuple:
     """Validate every argument; arguments the type ignores become ``()``/None (one cache entry)."""
     kind = _basis_type(basis_type)
-    size = _kernel_size(size)
+    size = odd_kernel_size("size", size)
     effective_size = positive_int("effective_size", effective_size)
-    scales = _float_tuple("scales", scales, positive=True)
-    rotations = _float_tuple("rotations", rotations, positive=False) if kind.rotating else ()
-    mult = _positive_float("mult", mult) if "mult" in kind.uses else None
+    scales = tuple(float_list("scales", scales, positive=True))
+    rotations = tuple(float_list("rotations", rotations)) if kind.rotating else ()
+    mult = positive_float("mult", mult) if "mult" in kind.uses else None
     max_order = positive_int("max_order", max_order, 0) if "max_order" in kind.uses else None
-    spt = _positive_float("spt", spt) if "spt" in kind.uses else None
+    spt = positive_float("spt", spt) if "spt" in kind.uses else None
     dtype = torch.get_default_dtype() if dtype is None else dtype
     if dtype not in (torch.float32, torch.float64):
         raise TypeError(f"dtype: expected torch.float32 or torch.float64 (None: the default "
