@@ -1,11 +1,11 @@
 """Benchmark cases: every conv layer of the paper models, whole training steps, FLOP counts.
 
-Shapes follow ``spec/models.md`` (the ``_56`` models: a 28x28 digit upsampled to 56x56, then
+Shapes follow ``docs/models.md`` (the ``_56`` models: a 28x28 digit upsampled to 56x56, then
 56 -> 28 -> 14 pixels between the three conv layers, channels 1 -> 32 -> 63 -> 95, ``K = 15``,
 padding 7, ``effective_size = 7``, scales ``[1.7, 2.45, 3.54, 5.1]`` or ``[1.0]`` for RES).
 Layers shared by several models (same shapes and basis) are one case.
 
-FLOPs per spec ``layers.md`` §5, counted two ways: ``dense`` (every tap of the ``K x K`` filter and the
+FLOPs per ``docs/layers.md`` §5, counted two ways: ``dense`` (every tap of the ``K x K`` filter and the
 zero-padded scales, what the original executes) and ``nonzero`` (only taps inside the per-scale support
 ``n_s`` and real scales). Filter expansion is included. Forward+backward = forward + input gradient
 (a conv of the same size, only when the input requires grad) + weight gradient (a conv of the same

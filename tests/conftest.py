@@ -1,4 +1,6 @@
-"""Shared fixtures: golden files of the original implementation, seeded RNG."""
+"""Shared fixtures: golden files (tensors computed by other implementations), seeded RNG."""
+import copy
+import functools
 import json
 import os
 from pathlib import Path
@@ -8,7 +10,9 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-GOLDEN_DIR = Path(os.environ.get("RSTFAST_GOLDEN_DIR", REPO.parent / "shared" / "golden"))
+# One folder per source of golden tensors (original/ = the original RST-CNN code), described in
+# tests/golden/README.md. RSTFAST_GOLDEN_DIR names another folder laid out the same way.
+GOLDEN_DIR = Path(os.environ.get("RSTFAST_GOLDEN_DIR", REPO / "tests" / "golden"))
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 if DEVICE == "cpu":
     os.environ.setdefault("TRITON_INTERPRET", "1")     # the Triton kernels on Triton's interpreter
@@ -41,22 +45,34 @@ def exact_dtypes(name: str):
     return [d for d in (torch.float32, torch.float64) if d in backends.dtypes(name, DEVICE)]
 
 
-def golden_path(name: str) -> Path:
-    path = GOLDEN_DIR / name
-    if not path.exists():
-        message = f"golden file {path} not found (set RSTFAST_GOLDEN_DIR)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
+@functools.lru_cache(maxsize=None)
+def _golden_arrays(path: Path):
+    """``(numpy arrays, meta)`` of one golden file, its derived keys rebuilt as ``meta["derived"]``
+    says (tests/golden/README.md): a quotient of two stored keys, or a key of another file of
+    the same folder, optionally only some ``t`` slices of dim 1."""
+    if not path.is_file():
+        override = os.environ.get("RSTFAST_GOLDEN_DIR")
+        raise FileNotFoundError(f"golden file {path} is missing (the repository's tests/golden "
+                                f"holds them; RSTFAST_GOLDEN_DIR={override})")
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files if k != "meta"}
+        meta = json.loads(str(z["meta"])) if "meta" in z.files else {}
+    for key, rule in meta.get("derived", {}).items():
+        if "divide" in rule:
+            numerator, divisor = arrays[rule["divide"]], arrays[rule["by"]]
+            arrays[key] = numerator / divisor.reshape(-1, *[1] * (numerator.ndim - 1))
+        else:
+            source = _golden_arrays(path.parent / rule["from"])[0][rule["key"]]
+            arrays[key] = source[:, rule["t"]] if "t" in rule else source
+    return arrays, meta
 
 
 def load_golden(name: str):
-    """``(arrays, meta)`` of a golden ``.npz``: arrays as a dict of torch tensors, meta as a dict."""
-    z = np.load(golden_path(name))
-    arrays = {k: torch.from_numpy(z[k]) for k in z.files if k != "meta"}
-    meta = json.loads(str(z["meta"])) if "meta" in z.files else {}
-    return arrays, meta
+    """``(arrays, meta)`` of the golden file ``name``, a path relative to tests/golden
+    (``"original/layer_lift_E_rot8.npz"``): arrays as a dict of torch tensors (fresh copies),
+    meta as a dict. A missing file raises ``FileNotFoundError``: a failure, never a skip."""
+    arrays, meta = _golden_arrays(GOLDEN_DIR / name)
+    return {k: torch.from_numpy(a.copy()) for k, a in arrays.items()}, copy.deepcopy(meta)
 
 
 def golden_layer(meta, dtype, backend: str = "reference"):
@@ -80,10 +96,14 @@ def golden_layer(meta, dtype, backend: str = "reference"):
 
 
 def golden_names(prefix: str):
-    """Sorted golden file names starting with ``prefix`` (collection time; empty if absent)."""
-    if not GOLDEN_DIR.is_dir():
-        return []
-    return sorted(p.name for p in GOLDEN_DIR.glob(prefix + "*.npz"))
+    """Sorted golden files ``<source>/<name>`` whose name starts with ``prefix`` (a path relative to
+    tests/golden, e.g. ``"original/basis_"``); an error when there is none, so that a missing
+    folder fails at collection instead of leaving an empty parametrization."""
+    folder, _, start = prefix.rpartition("/")
+    names = sorted(f"{folder}/{p.name}" for p in (GOLDEN_DIR / folder).glob(start + "*.npz"))
+    if not names:
+        raise FileNotFoundError(f"no golden file {GOLDEN_DIR / prefix}*.npz")
+    return names
 
 
 def assert_close_to_max(actual, expected, rel: float, what: str = ""):

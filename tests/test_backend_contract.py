@@ -157,7 +157,7 @@ def test_gradcheck_float64(backend):
             fast_mode=True), key
 
 
-GOLDEN_CONV = [n for n in golden_names("layer_") if "lift" in n or "group" in n]
+GOLDEN_CONV = [n for n in golden_names("original/layer_") if "lift" in n or "group" in n]
 
 
 @pytest.mark.parametrize("name", GOLDEN_CONV)

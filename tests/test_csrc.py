@@ -128,7 +128,7 @@ BROKEN_BUILD_SCRIPT = textwrap.dedent("""
     warnings.simplefilter("always")
     with warnings.catch_warnings(record=True) as caught:
         module = backends.resolve("cpp", torch.device("cpu")).module
-        arrays, meta = load_golden("layer_group_E_rot8_Lr4_Ls1.npz")
+        arrays, meta = load_golden("original/layer_group_E_rot8_Lr4_Ls1.npz")
         a = meta["args"]
         layer = GroupConv(a["in_channels"], a["out_channels"], a["scale_size"],
                           a["rotation_size"], a["kernel_size"], a["effective_size"],

@@ -1,4 +1,4 @@
-"""Steerable bases of the original RST-CNN code, number for number (spec ``bases.md``).
+"""Steerable bases of the original RST-CNN code, number for number (``docs/bases.md``).
 
 ``steerable_basis(...) -> [F, T, K, K]`` indexed ``[f, t, u, v]``: ``t = r*S + s`` (rotation-major)
 for the rotation types, ``t = s`` for A, B, D; ``u`` kernel row, ``v`` kernel column.
@@ -91,7 +91,8 @@ def _sturm_liouville(t: np.ndarray, degree: int, spt: float) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------
 
 def _hermite_gaussian(n, thetas, a, orders, *, separable, np_dtype=np.float64):
-    """Hermite–Gaussian functions at scale ``a`` (spec §4.1), ``n`` on rows, ``m`` on columns.
+    """Hermite–Gaussian functions at scale ``a`` (docs/bases.md §4.1), ``n`` on rows, ``m`` on
+    columns.
 
     Separable (A, B; no rotation, R = 1): ``g_n(x) g_m(y)`` with
     ``g_n(t) = exp(-t^2/2a^2)/a He_n(t/a)``; as the original, each 1-D factor is cast to
@@ -115,7 +116,8 @@ def _hermite_gaussian(n, thetas, a, orders, *, separable, np_dtype=np.float64):
 
 
 def _sturm_liouville_family(n, thetas, a, orders, *, spt, gaussian):
-    """Sturm–Liouville ``(1/a^2) SL_n(x'/a) SL_m(y'/a)`` (spec §4.2); H: Gaussian factor too."""
+    """Sturm–Liouville ``(1/a^2) SL_n(x'/a) SL_m(y'/a)`` (docs/bases.md §4.2); H: Gaussian
+    factor too."""
     xr, yr, rho = _rotated_grid(n, thetas)
     degrees = {d for pair in orders for d in pair}
     sl_x = {d: _sturm_liouville(xr / a, d, spt) for d in degrees}
@@ -127,7 +129,8 @@ def _sturm_liouville_family(n, thetas, a, orders, *, spt, gaussian):
 
 
 def _fourier_bessel(n, thetas, alpha, count, *, variant_d, gaussian):
-    """The first ``min(n^2 - 1, count)`` Fourier–Bessel functions on ``n x n`` (spec §4.3).
+    """The first ``min(n^2 - 1, count)`` Fourier–Bessel functions on ``n x n``
+    (docs/bases.md §4.3).
 
     Pairs ``(k, q)`` with ``j_{k,q+1} <= pi R tff`` sorted by ``j_{k,q}``; ``k = 0`` gives ``P``,
     ``k > 0`` gives ``sqrt2 P cos(k beta)`` then ``sqrt2 P sin(k beta)``, so truncation can split a
@@ -167,7 +170,7 @@ def _fourier_bessel(n, thetas, alpha, count, *, variant_d, gaussian):
 
 
 def _gaussian_rings(n, thetas, scale, orders):
-    """I1: ``Re(exp(-(rho - n)^2 / 2s^2) e^{i m phi} e^{-i m theta})`` (spec §5.9).
+    """I1: ``Re(exp(-(rho - n)^2 / 2s^2) e^{i m phi} e^{-i m theta})`` (docs/bases.md §5.9).
 
     Ring radius ``n`` in pixels (not scaled), angular frequency ``m``. As the original: opposite
     rotation sign to every other type, no ``1/s^2`` factor, and ``phi = 0`` at the centre pixel, so
@@ -270,7 +273,8 @@ def _supports(size: int, scales: tuple, full_support: bool) -> list:
 
 
 def support_sizes(size, scales, basis_type) -> list:
-    """Per-scale support ``n_i = 2 floor(floor(K s_i / s_max) / 2) + 1`` (spec §3); D1: all ``K``.
+    """Per-scale support ``n_i = 2 floor(floor(K s_i / s_max) / 2) + 1`` (docs/bases.md §3);
+    D1: all ``K``.
 
     Every basis function of scale ``i`` is zero outside the centred ``n_i x n_i`` box of ``K x K``.
     Raises ValueError if some ``n_i <= 1`` (the original asserts ``n_i > 1``).
@@ -362,7 +366,8 @@ def _raw_basis(basis_type: str, size: int, rotations: tuple, scales: tuple, effe
 
 @functools.lru_cache(maxsize=32)
 def _normalized_basis(*canonical_args) -> torch.Tensor:
-    """``raw / ||raw[:, 0]||`` in the basis dtype (spec §7), cached: never hand this tensor out."""
+    """``raw / ||raw[:, 0]||`` in the basis dtype (docs/bases.md §7), cached: never hand this
+    tensor out."""
     raw = _raw_basis(*canonical_args)
     return raw / raw.pow(2).sum([2, 3], keepdim=True).sqrt()[:, [0]]
 
