@@ -7,7 +7,7 @@ stride, padding, the per-scale **support** (side ``n_s`` of the centred box hold
 scale ``s``; :func:`basis_support` is the one function that computes it) and the layout of the
 cropped filter buffer. Batch and spatial sizes come from the tensors of each call.
 
-Index map (spec ``layers.md`` §2.3), written here once for Python: output slice ``t = r*S + s`` with
+Index map (``docs/layers.md`` §2.3), written here once for Python: output slice ``t = r*S + s`` with
 offset ``a = i*Ls + j`` reads input slice ``q = ((r + i) mod R)*S + s + j``, or nothing when
 ``s + j >= S`` (zero scales); the lifting layer is the case of one input plane read by every ``t``
 with ``a = 0``. :meth:`Geometry.input_slice` and :meth:`Geometry.readers` give it and its inverse.
@@ -53,7 +53,7 @@ TABLES = ("support", "crop", "slot_start", "read", "reader_start", "reader")
 @functools.lru_cache(maxsize=64)
 def index_map(num_rotations: int, num_scales: int, rotation_size: int,
               scale_size: int) -> Tuple[Tuple[int, ...], ...]:
-    """``[t][a]`` -> input slice of the group convolution (the index map, spec layers.md §2.3):
+    """``[t][a]`` -> input slice of the group convolution (the index map, docs/layers.md §2.3):
     output ``t = r*S + s`` with offset ``a = i*Ls + j`` reads ``((r + i) mod R)*S + s + j``, or -1
     when ``s + j >= S`` (the zero scales past the top)."""
     table = []

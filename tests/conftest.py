@@ -1,7 +1,4 @@
-"""Shared fixtures: golden files (tensors computed by other implementations), seeded RNG."""
-import copy
-import functools
-import json
+"""Shared fixtures: backends, golden files (tensors computed by other implementations), seeded RNG."""
 import os
 from pathlib import Path
 
@@ -10,14 +7,11 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-# One folder per source of golden tensors (original/ = the original RST-CNN code), described in
-# tests/golden/README.md. RSTFAST_GOLDEN_DIR names another folder laid out the same way.
-GOLDEN_DIR = Path(os.environ.get("RSTFAST_GOLDEN_DIR", REPO / "tests" / "golden"))
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 if DEVICE == "cpu":
     os.environ.setdefault("TRITON_INTERPRET", "1")     # the Triton kernels on Triton's interpreter
 
-from rstfast import backends  # noqa: E402  (after TRITON_INTERPRET)
+from rstfast import backends, golden  # noqa: E402  (after TRITON_INTERPRET)
 
 
 # RSTFAST_EXTRA_BACKENDS="name=module[:kind],..." registers more backends, which every
@@ -45,65 +39,11 @@ def exact_dtypes(name: str):
     return [d for d in (torch.float32, torch.float64) if d in backends.dtypes(name, DEVICE)]
 
 
-@functools.lru_cache(maxsize=None)
-def _golden_arrays(path: Path):
-    """``(numpy arrays, meta)`` of one golden file, its derived keys rebuilt as ``meta["derived"]``
-    says (tests/golden/README.md): a quotient of two stored keys, or a key of another file of
-    the same folder, optionally only some ``t`` slices of dim 1."""
-    if not path.is_file():
-        override = os.environ.get("RSTFAST_GOLDEN_DIR")
-        raise FileNotFoundError(f"golden file {path} is missing (the repository's tests/golden "
-                                f"holds them; RSTFAST_GOLDEN_DIR={override})")
-    with np.load(path) as z:
-        arrays = {k: z[k] for k in z.files if k != "meta"}
-        meta = json.loads(str(z["meta"])) if "meta" in z.files else {}
-    for key, rule in meta.get("derived", {}).items():
-        if "divide" in rule:
-            numerator, divisor = arrays[rule["divide"]], arrays[rule["by"]]
-            arrays[key] = numerator / divisor.reshape(-1, *[1] * (numerator.ndim - 1))
-        else:
-            source = _golden_arrays(path.parent / rule["from"])[0][rule["key"]]
-            arrays[key] = source[:, rule["t"]] if "t" in rule else source
-    return arrays, meta
-
-
-def load_golden(name: str):
-    """``(arrays, meta)`` of the golden file ``name``, a path relative to tests/golden
-    (``"original/layer_lift_E_rot8.npz"``): arrays as a dict of torch tensors (fresh copies),
-    meta as a dict. A missing file raises ``FileNotFoundError``: a failure, never a skip."""
-    arrays, meta = _golden_arrays(GOLDEN_DIR / name)
-    return {k: torch.from_numpy(a.copy()) for k, a in arrays.items()}, copy.deepcopy(meta)
-
-
-def golden_layer(meta, dtype, backend: str = "reference"):
-    """The conv layer of a golden file's ``meta``, built through the public constructor in
-    ``dtype`` (the basis follows the default dtype, as in the original) on ``backend``."""
-    import rstfast.nn as rnn
-    args = meta["args"]
-    common = dict(kernel_size=args["kernel_size"], effective_size=args["effective_size"],
-                  scales=args["scales"], rotations=args["rotations"], stride=args["stride"],
-                  padding=args["padding"], bias=args["bias"], basis_type=args["basis_type"],
-                  backend=backend, **args["kw"])
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        if meta["layer"] == "SESConv_Z2_H":
-            return rnn.SESConv_Z2_H(args["in_channels"], args["out_channels"], **common)
-        return rnn.SESConv_H_H(args["in_channels"], args["out_channels"], args["scale_size"],
-                               args["rotation_size"], **common)
-    finally:
-        torch.set_default_dtype(previous)
-
-
-def golden_names(prefix: str):
-    """Sorted golden files ``<source>/<name>`` whose name starts with ``prefix`` (a path relative to
-    tests/golden, e.g. ``"original/basis_"``); an error when there is none, so that a missing
-    folder fails at collection instead of leaving an empty parametrization."""
-    folder, _, start = prefix.rpartition("/")
-    names = sorted(f"{folder}/{p.name}" for p in (GOLDEN_DIR / folder).glob(start + "*.npz"))
-    if not names:
-        raise FileNotFoundError(f"no golden file {GOLDEN_DIR / prefix}*.npz")
-    return names
+# The golden tensors (rstfast/golden, one loader for the tests and python -m rstfast.check): paths
+# relative to the golden folder, e.g. "original/layer_lift_E_rot8.npz".
+load_golden = golden.load
+golden_names = golden.names
+golden_layer = golden.layer
 
 
 def assert_close_to_max(actual, expected, rel: float, what: str = ""):

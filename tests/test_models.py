@@ -263,7 +263,7 @@ def test_56_models_upsample_first_and_keep_the_original_keys():
 def _seeded_state():
     """rstfast's state_dict of the golden model under the original's seed, and the SHA-256 digests
     of the original's values of the parameters that the initialisation draws (the golden file
-    stores those 1.6 M values as digests; tests/golden/README.md)."""
+    stores those 1.6 M values as digests; rstfast/golden/README.md)."""
     _, meta = load_golden(GOLDEN_STATE_FILE)
     torch.manual_seed(meta["seed"])
     state = models.get(GOLDEN_MODEL, basis="E").state_dict()

@@ -1,5 +1,5 @@
 """The repository is self-contained: a clone from a code host, with nothing beside it, runs the
-comparisons with the original (tests/golden), and no file points to documents or data outside."""
+comparisons with the original (rstfast/golden), and no file points to documents or data outside."""
 import os
 import re
 import shutil

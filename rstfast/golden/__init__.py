@@ -1,46 +1,74 @@
-"""Tensors computed by the original RST-CNN implementation, shipped with the package: the layer
-files that ``python -m rstfast.check`` and the parity tests compare every backend with.
+"""Golden tensors: computed by other implementations, shipped with the package, read by
+``python -m rstfast.check`` and the parity tests (one loader for both).
 
-``README.md`` beside this file says how they were made and what each key holds. Each ``.npz`` has
-the arrays of one layer call (``x``, ``weight``, ``bias``, ``grad_seed``, ``y`` and the gradients
-of ``sum(y * grad_seed)``, float32, and their float64 counterparts ``*_f64``) and ``meta``, a JSON
-string with the layer's constructor arguments (``meta["args"]``).
+One folder per source: ``original/`` (the original RST-CNN code), ``sesn/`` and ``disco/`` (SESN's
+and DISCO's code); ``README.md`` beside this file says how each was made and what every file and
+key holds. ``RSTFAST_GOLDEN_DIR`` names another folder laid out the same way. Some keys are stored
+as a rule in ``meta["derived"]`` (a quotient of two stored keys, or a key of another file of the
+same folder, optionally only some ``t`` slices of dim 1) and rebuilt on loading.
 """
 from __future__ import annotations
 
+import copy
+import functools
 import json
+import os
 from pathlib import Path
 from typing import Dict, List, Tuple
 
 import numpy as np
 import torch
 
-__all__ = ["DIRECTORY", "names", "load", "layer"]
-
-DIRECTORY = Path(__file__).resolve().parent
+__all__ = ["directory", "names", "load", "layer"]
 
 
-def names(prefix: str = "layer_") -> List[str]:
-    """Sorted file names of the shipped golden files starting with ``prefix``."""
-    return sorted(path.name for path in DIRECTORY.glob(prefix + "*.npz"))
+def directory() -> Path:
+    """The golden folder: ``RSTFAST_GOLDEN_DIR``, else the package's own."""
+    return Path(os.environ.get("RSTFAST_GOLDEN_DIR") or Path(__file__).resolve().parent)
 
 
-def load(name: str, directory: Path = DIRECTORY) -> Tuple[Dict[str, torch.Tensor], dict]:
-    """``(arrays, meta)`` of the golden file ``name`` in ``directory``: the arrays as torch
-    tensors, ``meta`` decoded from its JSON."""
-    path = Path(directory) / name
+@functools.lru_cache(maxsize=None)
+def _arrays(path: Path) -> Tuple[Dict[str, np.ndarray], dict]:
+    """``(numpy arrays, meta)`` of one golden file, its derived keys rebuilt."""
     if not path.is_file():
-        raise FileNotFoundError(f"name: no golden file {path}")
+        raise FileNotFoundError(f"name: no golden file {path} (the package's rstfast/golden "
+                                f"holds them; RSTFAST_GOLDEN_DIR={os.environ.get('RSTFAST_GOLDEN_DIR')})")
     with np.load(path) as z:
-        arrays = {key: torch.from_numpy(z[key]) for key in z.files if key != "meta"}
+        arrays = {key: z[key] for key in z.files if key != "meta"}
         meta = json.loads(str(z["meta"])) if "meta" in z.files else {}
+    for key, rule in meta.get("derived", {}).items():
+        if "divide" in rule:
+            numerator, divisor = arrays[rule["divide"]], arrays[rule["by"]]
+            arrays[key] = numerator / divisor.reshape(-1, *[1] * (numerator.ndim - 1))
+        else:
+            source = _arrays(path.parent / rule["from"])[0][rule["key"]]
+            arrays[key] = source[:, rule["t"]] if "t" in rule else source
     return arrays, meta
 
 
+def load(name: str) -> Tuple[Dict[str, torch.Tensor], dict]:
+    """``(arrays, meta)`` of the golden file ``name``, a path relative to the golden folder
+    (``"original/layer_lift_E_rot8.npz"``): arrays as torch tensors (fresh copies), meta a dict.
+    A missing file raises ``FileNotFoundError``."""
+    arrays, meta = _arrays(directory() / name)
+    return ({key: torch.from_numpy(array.copy()) for key, array in arrays.items()},
+            copy.deepcopy(meta))
+
+
+def names(prefix: str) -> List[str]:
+    """Sorted golden files ``<source>/<file>`` starting with ``prefix`` (``"original/basis_"``);
+    ``FileNotFoundError`` when there is none (a missing folder must not pass as nothing)."""
+    folder, _, start = prefix.rpartition("/")
+    found = sorted(f"{folder}/{path.name}" for path in (directory() / folder).glob(start + "*.npz"))
+    if not found:
+        raise FileNotFoundError(f"prefix: no golden file {directory() / prefix}*.npz")
+    return found
+
+
 def layer(meta: dict, dtype: torch.dtype, backend: str = "reference") -> torch.nn.Module:
-    """The conv layer of a golden file's ``meta``, built through the public constructor (its basis
-    follows ``dtype``, as the original's follows the default dtype) on ``backend``, its weight
-    and bias still to be loaded."""
+    """The conv layer of a golden file's ``meta``, built through the public constructor in
+    ``dtype`` (its basis follows the default dtype, as in the original) on ``backend``; its
+    weight and bias are still to be loaded."""
     import rstfast.nn as rnn
     args = meta["args"]
     common = dict(kernel_size=args["kernel_size"], effective_size=args["effective_size"],

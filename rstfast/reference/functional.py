@@ -1,6 +1,6 @@
 """Pure-PyTorch roto-scale convolutions: the oracle every fast backend is checked against.
 
-Index conventions (see ``spec/layers.md``):
+Index conventions (see ``docs/layers.md``):
 
 * group feature maps ``[B, C, T, H, W]`` with ``t = r * S + s`` (rotation-major);
 * basis ``[F, T, K, K]`` (same ``t``), weight of the lifting layer ``[O, C, F]``,
