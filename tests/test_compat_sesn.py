@@ -9,7 +9,6 @@ one training step.
 import hashlib
 import inspect
 import json
-import math
 from pathlib import Path
 
 import numpy as np
