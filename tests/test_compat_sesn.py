@@ -1,4 +1,4 @@
-"""rstfast.compat.sesn against tensors computed with SESN's own code (tests/golden/sesn/README.md).
+"""rstfast.compat.sesn against tensors computed with SESN's own code (rstfast/golden/sesn/README.md).
 
 Bases, every layer (forward and gradients of ``sum(y * G)``, float32 and float64, on every backend
 that runs here), SESN's initialisation, and SESN's MNIST models ``mnist_ses_scalar_28`` and
@@ -8,20 +8,16 @@ one training step.
 """
 import hashlib
 import inspect
-import json
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 
-from conftest import DEVICE, assert_close_to_max, exact_dtypes
+from conftest import DEVICE, assert_close_to_max, exact_dtypes, golden_names, load_golden
 from rstfast import backends
 from rstfast.compat import sesn
 from rstfast.reference.bases import steerable_basis
 
-GOLDEN = Path(__file__).resolve().parent / "golden" / "sesn"
 F32_REL = 1e-5          # float32 against SESN run in float32 (the suite's layer tolerance)
 F64_REL = 1e-11         # float64 against SESN run in float64: only summation order differs
 BASIS_REL = {torch.float32: 1e-6, torch.float64: 1e-12}     # as tests/test_bases.py
@@ -29,14 +25,12 @@ SUFFIX = {torch.float32: "", torch.float64: "_f64"}
 
 
 def load(name: str):
-    """``(arrays, meta)`` of a golden file: arrays as torch tensors, meta the JSON dict."""
-    z = np.load(GOLDEN / name)
-    return ({k: torch.from_numpy(z[k]) for k in z.files if k != "meta"},
-            json.loads(str(z["meta"])))
+    """``(arrays, meta)`` of the SESN golden file ``name`` (rstfast/golden/sesn)."""
+    return load_golden(f"sesn/{name}")
 
 
 def names(prefix: str):
-    return sorted(p.name for p in GOLDEN.glob(prefix + "*.npz"))
+    return [name.split("/", 1)[1] for name in golden_names(f"sesn/{prefix}")]
 
 
 def rel(dtype):
@@ -363,7 +357,7 @@ def test_model_training_step(backend, name):
 
     float64: each parameter's gradient within 1e-11 of its largest. float32: through BatchNorm
     over 4 images SESN's own float32 gradients differ from its float64 ones by up to 1.1e-5 of
-    the largest (tests/golden/sesn/README.md), so, as tests/test_backend_contract.py's model
+    the largest (rstfast/golden/sesn/README.md), so, as tests/test_backend_contract.py's model
     step, the float32 gradients are compared as one vector: max error <= 1e-3 of the largest,
     cosine similarity > 1 - 1e-6."""
     zero_key, zero_scale_key = ZERO_GRADIENT[name]
