@@ -26,17 +26,25 @@ one Python spelling; ``csrc/geometry.h`` is its one C++ spelling (CPU and CUDA),
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 
 from ._checks import feature_map_shape, positive_int
 
 __all__ = ["Geometry", "basis_support", "decode", "lifting_geometry", "group_geometry",
-           "filter_dtype", "index_map", "out_side", "ENCODING_VERSION", "HEADER_FIELDS", "TABLES"]
+           "filter_dtype", "index_map", "out_side", "check_basis", "crop_to_support",
+           "ENCODING_VERSION",
+           "HEADER_FIELDS", "TABLES", "PADDING_MODES"]
+
+# How the input is padded (PyTorch's nn.Conv2d names). Kernels only ever see "zeros": for the
+# others the input is padded first (Geometry.pad_input) and the kernels get padding 0.
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
 # Bumped whenever the int[] encoding changes (every decoder checks it: decode() and geometry.h).
 ENCODING_VERSION = 2
@@ -93,8 +101,12 @@ class Geometry:
     stride: int
     padding: int
     support: Tuple[int, ...]
+    padding_mode: str = "zeros"
 
     def __post_init__(self):
+        if self.padding_mode not in PADDING_MODES:
+            raise ValueError(f"padding_mode: expected one of {PADDING_MODES}, got "
+                             f"{self.padding_mode!r}")
         k = self.kernel_size
         if len(self.support) != self.num_scales or any(
                 n < 1 or n > k or n % 2 != k % 2 for n in self.support):
@@ -149,6 +161,30 @@ class Geometry:
             raise ValueError(f"{name}: spatial size {h}x{w} with padding {self.padding} is smaller "
                              f"than kernel_size {self.kernel_size}; expected H, W >= "
                              f"{self.kernel_size - 2 * self.padding}")
+        if self.padding_mode == "reflect" and min(h, w) <= self.padding:
+            raise ValueError(f"{name}: spatial size {h}x{w} is too small for padding "
+                             f"{self.padding} with padding_mode 'reflect'; expected H, W > "
+                             f"{self.padding}")
+
+    # ------------------------------------------------------------- padding mode
+    @functools.cached_property
+    def kernel_geometry(self) -> "Geometry":
+        """The geometry the kernels run: this one, or for a ``padding_mode`` other than
+        ``"zeros"`` the same with padding 0 (the input is padded by :meth:`pad_input` first)."""
+        if self.padding_mode == "zeros":
+            return self
+        return dataclasses.replace(self, padding=0, padding_mode="zeros")
+
+    def pad_input(self, x: torch.Tensor) -> torch.Tensor:
+        """x padded by ``padding`` on each side with ``padding_mode`` (each group slice on its
+        own; differentiable), or x itself for ``"zeros"`` (the kernels pad with zeros)."""
+        if self.padding_mode == "zeros" or self.padding == 0:
+            return x
+        pad = (self.padding,) * 4
+        if self.lifting:
+            return F.pad(x, pad, mode=self.padding_mode)
+        flat = F.pad(x.flatten(1, 2), pad, mode=self.padding_mode)
+        return flat.view(*x.shape[:3], *flat.shape[-2:])
 
     def check_call(self, x: torch.Tensor, weight: torch.Tensor, basis: Optional[torch.Tensor],
                    bias: Optional[torch.Tensor]) -> None:
@@ -264,7 +300,11 @@ class Geometry:
     @functools.cached_property
     def encoded(self) -> Tuple[int, ...]:
         """The header fields of :data:`HEADER_FIELDS`, then :attr:`tables`: everything a kernel
-        reads, derived here once (the C++ side only decodes it, csrc/geometry.h)."""
+        reads, derived here once (the C++ side only decodes it, csrc/geometry.h). Only a zero-padding
+        geometry is encoded (:attr:`kernel_geometry`)."""
+        if self.padding_mode != "zeros":
+            raise ValueError(f"geometry: kernels run the kernel_geometry (padding 0 after "
+                             f"pad_input), not padding_mode {self.padding_mode!r}")
         header = dict(version=ENCODING_VERSION, lifting=int(self.lifting),
                       **{name: getattr(self, name) for name in HEADER_FIELDS[2:]})
         return (*(header[name] for name in HEADER_FIELDS), *self.tables)
@@ -300,23 +340,63 @@ def decode(encoded: Sequence[int]) -> Geometry:
     return _decode(tuple(int(v) for v in encoded))
 
 
-def basis_support(basis: torch.Tensor, num_rotations: int) -> Tuple[int, ...]:
-    """Side of the smallest centred square holding every non-zero tap of each scale.
+def check_basis(basis, num_rotations: int = 1, name: str = "basis") -> torch.Tensor:
+    """``basis`` if it is a finite floating-point ``[F, R*S, K, K]`` tensor with odd ``K`` and
+    ``R = num_rotations`` dividing its second dim, else a ValueError / TypeError naming ``name``."""
+    if not isinstance(basis, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor [F, R*S, K, K], got "
+                        f"{type(basis).__name__}")
+    if basis.dim() != 4 or basis.shape[2] != basis.shape[3] or basis.shape[0] < 1:
+        raise ValueError(f"{name}: expected a 4-D tensor [F, R*S, K, K] (square K x K taps), got "
+                         f"shape {tuple(basis.shape)}")
+    if not basis.is_floating_point():
+        raise TypeError(f"{name}: expected a floating-point tensor, got dtype {basis.dtype}")
+    if basis.shape[2] % 2 == 0:
+        raise ValueError(f"{name}: expected an odd kernel size K (the filters are centred), got "
+                         f"K = {basis.shape[2]} (shape {tuple(basis.shape)})")
+    positive_int("num_rotations", num_rotations)
+    if basis.shape[1] % num_rotations:
+        raise ValueError(f"num_rotations: expected a divisor of R*S = {name}.shape[1] = "
+                         f"{basis.shape[1]}, got {num_rotations}")
+    if not bool(torch.isfinite(basis).all()):
+        raise ValueError(f"{name}: expected finite values, got "
+                         f"{int((~torch.isfinite(basis)).sum())} NaN or infinite entries")
+    return basis
+
+
+def basis_support(basis: torch.Tensor, num_rotations: int,
+                  tolerance: float = 0.0) -> Tuple[int, ...]:
+    """Side of the smallest centred square holding every tap of each scale whose magnitude
+    exceeds ``tolerance * max|basis|`` (0: every non-zero tap).
 
     basis ``[F, R*S, K, K]`` (odd ``K``) -> tuple of ``S`` odd ints (``K`` where the scale fills the
-    kernel, 1 for an all-zero scale). The fast backends skip the taps outside this box; they are
-    exactly zero.
+    kernel, 1 for an all-zero scale). The fast backends skip the taps outside this box, so they
+    must be zero (:func:`crop_to_support` makes them so).
     """
     num_funcs, num_groups, k, _ = basis.shape
     if num_groups % num_rotations:
         raise ValueError(f"num_rotations: expected a divisor of T = basis.shape[1] = "
                          f"{num_groups}, got {num_rotations}")
-    nonzero = (basis != 0).reshape(num_funcs, num_rotations, num_groups // num_rotations, k, k)
-    nonzero = nonzero.any(dim=1).any(dim=0).cpu()              # [S, K, K]
+    threshold = tolerance * basis.abs().max() if tolerance > 0 else 0
+    kept = (basis.abs() > threshold).reshape(num_funcs, num_rotations,
+                                             num_groups // num_rotations, k, k)
+    kept = kept.any(dim=1).any(dim=0).cpu()                    # [S, K, K]
     offsets = torch.arange(k) - k // 2
     ring = torch.maximum(offsets.abs()[:, None], offsets.abs()[None, :])  # Chebyshev radius
-    radii = torch.where(nonzero, ring, 0).flatten(1).amax(dim=1)
+    radii = torch.where(kept, ring, 0).flatten(1).amax(dim=1)
     return tuple(2 * int(radius) + 1 for radius in radii)
+
+
+def crop_to_support(basis: torch.Tensor, num_rotations: int,
+                    support: Sequence[int]) -> torch.Tensor:
+    """A copy of ``basis`` with every tap outside each scale's support box set to zero."""
+    num_funcs, num_groups, k, _ = basis.shape
+    per_scale = basis.clone().view(num_funcs, num_rotations, num_groups // num_rotations, k, k)
+    offsets = (torch.arange(k) - k // 2).abs()
+    ring = torch.maximum(offsets[:, None], offsets[None, :]).to(basis.device)
+    for s, n in enumerate(support):
+        per_scale[:, :, s][..., ring > n // 2] = 0
+    return per_scale.view(basis.shape)
 
 
 def _check_ints(**values) -> None:
@@ -326,25 +406,27 @@ def _check_ints(**values) -> None:
 
 def lifting_geometry(in_channels: int, out_channels: int, basis: torch.Tensor,
                      num_rotations: int, stride: int = 1, padding: int = 0,
-                     support: Optional[Sequence[int]] = None) -> Geometry:
+                     support: Optional[Sequence[int]] = None,
+                     padding_mode: str = "zeros") -> Geometry:
     """Geometry of a lifting conv with basis ``[F, R*S, K, K]`` (support measured when None)."""
     _check_ints(stride=stride, padding=padding, num_rotations=num_rotations)
     num_funcs, num_groups, k, _ = basis.shape
     support = basis_support(basis, num_rotations) if support is None else tuple(support)
     return Geometry(True, in_channels, out_channels, num_funcs, k, num_rotations,
                     num_groups // num_rotations, 1, 1, stride, padding,
-                    tuple(int(n) for n in support))
+                    tuple(int(n) for n in support), padding_mode)
 
 
 def group_geometry(in_channels: int, out_channels: int, basis: torch.Tensor,
                    num_rotations: int, rotation_size: int = 1, scale_size: int = 1,
                    stride: int = 1, padding: int = 0,
-                   support: Optional[Sequence[int]] = None) -> Geometry:
+                   support: Optional[Sequence[int]] = None,
+                   padding_mode: str = "zeros") -> Geometry:
     """Geometry of a group conv with basis ``[F, R*S, K, K]`` (support measured when None)."""
     _check_ints(stride=stride, padding=padding, num_rotations=num_rotations,
-          rotation_size=rotation_size, scale_size=scale_size)
+                rotation_size=rotation_size, scale_size=scale_size)
     num_funcs, num_groups, k, _ = basis.shape
     support = basis_support(basis, num_rotations) if support is None else tuple(support)
     return Geometry(False, in_channels, out_channels, num_funcs, k, num_rotations,
                     num_groups // num_rotations, rotation_size, scale_size, stride, padding,
-                    tuple(int(n) for n in support))
+                    tuple(int(n) for n in support), padding_mode)

@@ -13,29 +13,23 @@ of scale ``s``. See docs/sesn_compat.md for what is covered.
 """
 from __future__ import annotations
 
-from ..nn.modules import GroupConv, GroupConv1x1, GroupMaxProjection, LiftingConv
+from ..nn.modules import GroupConv, GroupConv1x1, GroupMaxProjection, LiftingConv, check_keywords
 
 __all__ = ["SESConv_Z2_H", "SESConv_H_H", "SESConv_H_H_1x1", "SESMaxProjection", "BASIS_TYPES"]
 
 BASIS_TYPES = ("A", "B")
 # keyword arguments SESN's basis code reads (steerable_B; steerable_A ignores them)
 _BASIS_KWARGS = ("mult", "max_order")
-# keyword arguments SESN's own models pass to its layers, which ignore them
-# (models/mnist_ses.py: MNIST_SES_Scalar forwards its **kwargs, `dropout` included)
-_IGNORED_KWARGS = ("dropout",)
 
 
 def _sesn_basis(layer: str, basis_type, kwargs: dict) -> dict:
-    """``basis_type`` and the basis keyword arguments for rstfast's layer; bad ones raise."""
+    """``basis_type`` and the basis keyword arguments for rstfast's layer; a basis type that is
+    not SESN's is a ValueError, an unknown keyword a TypeError (SESN's models pass ``dropout``
+    to their layers, which ignore it)."""
     if not isinstance(basis_type, str) or basis_type not in BASIS_TYPES:
         raise ValueError(f"basis_type: got {basis_type!r}, expected 'A' or 'B' (SESN's Hermite "
                          f"bases); rstfast's other bases: rstfast.nn.LiftingConv / GroupConv")
-    unknown = sorted(set(kwargs) - set(_BASIS_KWARGS) - set(_IGNORED_KWARGS))
-    if unknown:
-        given = ", ".join(f"{k}={kwargs[k]!r}" for k in unknown)
-        raise TypeError(f"{layer}: unexpected keyword argument(s) {given}; expected SESN's "
-                        f"arguments, mult and max_order (basis 'B'), or backend=")
-    return dict(basis_type=basis_type, **{k: kwargs[k] for k in _BASIS_KWARGS if k in kwargs})
+    return dict(basis_type=basis_type, **check_keywords(layer, kwargs, _BASIS_KWARGS))
 
 
 class SESConv_Z2_H(LiftingConv):
