@@ -21,7 +21,7 @@ if not _logger.handlers:
     _logger.setLevel(_logging.INFO)
 
 from .reference.bases import steerable_basis  # noqa: E402
-from . import backends, geometry, nn, ops, models  # noqa: E402
+from . import backends, geometry, golden, nn, ops, models  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["steerable_basis", "backends", "geometry", "nn", "ops", "models", "__version__"]
+__all__ = ["steerable_basis", "backends", "geometry", "golden", "nn", "ops", "models", "__version__"]
