@@ -5,7 +5,8 @@ built-in ones and any registered with ``--register`` or ``RSTFAST_EXTRA_BACKENDS
 dtype it computes, forward and gradients (x, weight, bias) of the paper's layer shapes (lifting,
 group with inter-rotation and with inter-scale mixing, stride and padding; small batch) against the
 float64 reference on the same (rounded) inputs, and, in float32 / float64, the layers of the
-original implementation's golden files (:mod:`rstfast.golden`). Tolerances: relative to the
+original implementation's golden files and DISCO's (a basis tensor, every padding mode;
+:mod:`rstfast.golden`). Tolerances: relative to the
 largest reference value, :data:`rstfast.autotune.TOLERANCE` per dtype (the golden float64 files
 were computed by the original in float64: 1e-11). Prints a table backend x dtype x case (max
 error, tolerance, pass/fail, seconds), then what ``auto`` picks per shape; exit status 0 only when
@@ -36,8 +37,9 @@ __all__ = ["Case", "CASES", "Row", "run_checks", "main"]
 PAPER_SCALES = (1.7, 2.45, 3.54, 5.1)
 GOLDEN_TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-11}
 CHECKED_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
-# The original's lifting and group layer files (rstfast/golden/original).
-GOLDEN_LAYERS = tuple(name for name in golden.names("original/layer_")
+# The lifting and group layer files of the original (rstfast/golden/original) and of DISCO
+# (rstfast/golden/disco: a basis tensor through from_basis, every padding mode).
+GOLDEN_LAYERS = tuple(name for name in golden.names("original/layer_") + golden.names("disco/layer_")
                       if "_lift_" in name or "_group_" in name)
 
 
@@ -165,14 +167,11 @@ def _row(backend: str, dtype: torch.dtype, case: str, errors: Dict[str, float], 
 
 
 def _check_golden(backend: str, dtype: torch.dtype, name: str, device: torch.device) -> Row:
-    arrays, meta = golden.load(name)
+    arrays, _ = golden.load(name)
     suffix = "_f64" if dtype == torch.float64 else ""
     started = time.perf_counter()
     try:
-        layer = golden.layer(meta, dtype, backend).to(device)
-        with torch.no_grad():
-            layer.weight.copy_(arrays["weight"])
-            layer.bias.copy_(arrays["bias"])
+        layer = golden.layer(name, dtype, backend).to(device)
         x = arrays["x"].to(device, dtype).requires_grad_()
         y = layer(x)
         (y * arrays["grad_seed"].to(device, dtype)).sum().backward()

@@ -43,7 +43,7 @@ def exact_dtypes(name: str):
 # relative to the golden folder, e.g. "original/layer_lift_E_rot8.npz".
 load_golden = golden.load
 golden_names = golden.names
-golden_layer = golden.layer
+golden_layer = golden.original_layer
 
 
 def assert_close_to_max(actual, expected, rel: float, what: str = ""):

@@ -7,26 +7,12 @@ import pytest
 import torch
 
 from conftest import DEVICE, assert_close_to_max, exact_dtypes, golden_names, load_golden
-from rstfast import ops
+from rstfast import golden, ops
 from rstfast.geometry import PADDING_MODES, basis_support
 from rstfast.nn import GroupConv, LiftingConv
 
 DISCO_LAYERS = [name for name in golden_names("disco/layer_")]
-# DISCO's (F.pad's) mode names -> nn.Conv2d's, which rstfast takes.
-MODES = {"constant": "zeros", "reflect": "reflect", "replicate": "replicate",
-         "circular": "circular"}
 RELATIVE = {torch.float32: 1e-5, torch.float64: 1e-11}
-
-
-def disco_layer(meta, basis, backend):
-    args = meta["args"]
-    common = dict(stride=args.get("stride", 1), padding=args.get("padding", 0),
-                  padding_mode=MODES[args.get("padding_mode", "constant")],
-                  bias=args.get("bias", False), backend=backend)
-    channels = meta["channels"]
-    if meta["layer"] == "SESConv_Z2_H":
-        return LiftingConv.from_basis(basis, channels[0], channels[1], **common)
-    return GroupConv.from_basis(basis, channels[0], channels[1], channels[2], 1, **common)
 
 
 @pytest.mark.parametrize("name", DISCO_LAYERS)
@@ -34,13 +20,8 @@ def test_disco_layers(backend, name):
     """DISCO's basis buffer through from_basis with DISCO's padding mode: DISCO's output and
     gradients, float32 and float64, on every backend."""
     arrays, meta = load_golden(name)
-    basis_arrays, _ = load_golden(f"disco/{meta['basis_file']}")
     for dtype in exact_dtypes(backend):
-        layer = disco_layer(meta, basis_arrays[meta["basis_key"]], backend).to(DEVICE, dtype)
-        with torch.no_grad():
-            layer.weight.copy_(arrays["weight"])
-            if layer.bias is not None:
-                layer.bias.copy_(arrays["bias"])
+        layer = golden.layer(name, dtype, backend).to(DEVICE)
         suffix = "_f64" if dtype == torch.float64 else ""
         x = arrays["x"].detach().to(DEVICE, dtype).requires_grad_()
         y = layer(x)

@@ -19,7 +19,7 @@ from typing import Dict, List, Tuple
 import numpy as np
 import torch
 
-__all__ = ["directory", "names", "load", "layer"]
+__all__ = ["directory", "names", "load", "layer", "original_layer", "disco_layer"]
 
 
 def directory() -> Path:
@@ -65,10 +65,45 @@ def names(prefix: str) -> List[str]:
     return found
 
 
-def layer(meta: dict, dtype: torch.dtype, backend: str = "reference") -> torch.nn.Module:
-    """The conv layer of a golden file's ``meta``, built through the public constructor in
-    ``dtype`` (its basis follows the default dtype, as in the original) on ``backend``; its
-    weight and bias are still to be loaded."""
+def layer(name: str, dtype: torch.dtype, backend: str = "reference") -> torch.nn.Module:
+    """The conv layer of the golden layer file ``name`` (``original/`` or ``disco/``) in ``dtype``
+    on ``backend``, with the file's weight and bias loaded."""
+    arrays, meta = load(name)
+    built = (disco_layer(meta, dtype, backend) if name.startswith("disco/")
+             else original_layer(meta, dtype, backend))
+    with torch.no_grad():
+        built.weight.copy_(arrays["weight"])
+        if built.bias is not None:
+            built.bias.copy_(arrays["bias"])
+    return built
+
+
+# DISCO's (F.pad's) padding mode names -> nn.Conv2d's, which rstfast takes.
+DISCO_PADDING_MODES = {"constant": "zeros", "reflect": "reflect", "replicate": "replicate",
+                       "circular": "circular"}
+
+
+def disco_layer(meta: dict, dtype: torch.dtype, backend: str = "reference") -> torch.nn.Module:
+    """The DISCO layer of a ``disco/`` golden file's ``meta``: ``from_basis`` on DISCO's basis
+    buffer with DISCO's padding mode, in ``dtype`` on ``backend`` (weight and bias not loaded)."""
+    import rstfast.nn as rnn
+    basis = load(f"disco/{meta['basis_file']}")[0][meta["basis_key"]]
+    args, channels = meta["args"], meta["channels"]
+    common = dict(stride=args.get("stride", 1), padding=args.get("padding", 0),
+                  padding_mode=DISCO_PADDING_MODES[args.get("padding_mode", "constant")],
+                  bias=args.get("bias", False), backend=backend)
+    if meta["layer"] == "SESConv_Z2_H":
+        built = rnn.LiftingConv.from_basis(basis, channels[0], channels[1], **common)
+    else:
+        built = rnn.GroupConv.from_basis(basis, channels[0], channels[1], channels[2], 1, **common)
+    return built.to(dtype)
+
+
+def original_layer(meta: dict, dtype: torch.dtype,
+                   backend: str = "reference") -> torch.nn.Module:
+    """The conv layer of an ``original/`` golden file's ``meta``, built through the public
+    constructor in ``dtype`` (its basis follows the default dtype, as in the original) on
+    ``backend``; its weight and bias are still to be loaded."""
     import rstfast.nn as rnn
     args = meta["args"]
     common = dict(kernel_size=args["kernel_size"], effective_size=args["effective_size"],
