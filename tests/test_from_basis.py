@@ -106,3 +106,22 @@ def test_functional_api_takes_the_padding_mode():
     padded = torch.nn.functional.pad(x, (2, 2, 2, 2), mode="circular")
     assert_close_to_max(y, ops.lift_conv(padded, weight, basis, backend="reference"), 1e-12,
                         "circular")
+
+
+def test_equivariance_tool_and_export_take_basis_layers():
+    """The equivariance tool measures from_basis layers (their scales, when given, set the scale
+    ratio) and the export keeps their numbers."""
+    from rstfast.equivariance import measure
+    from rstfast.export import export
+    arrays, _ = load_golden("disco/basis_disco_k5_e3_s3.npz")
+    model = torch.nn.Sequential(
+        LiftingConv.from_basis(arrays["disco_a"], 1, 2, padding=2, padding_mode="replicate",
+                               scales=[1.0, 1.41, 2.0]),
+        GroupConv.from_basis(arrays["disco_a"], 2, 2, 2, padding=2)).double().eval()
+    result = measure(model, input_shape=(1, 17, 17), batch_size=2)
+    assert [layer["group"]["scale_ratio"] for layer in result.layers] == [pytest.approx(2 ** 0.5, 1e-2), 1.0]
+    x = torch.randn(2, 1, 17, 17, dtype=torch.float64)
+    with torch.no_grad():
+        assert_close_to_max(export(model)(x), model(x), 1e-12, "exported")
+    with pytest.raises(ValueError, match=r"scales: expected S = basis.shape\[1\] / num_rotations = 3"):
+        LiftingConv.from_basis(arrays["disco_a"], 1, 2, scales=[1.0, 2.0])

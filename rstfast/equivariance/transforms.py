@@ -91,8 +91,9 @@ class Group:
     @classmethod
     def of_layer(cls, layer) -> "Group":
         """From an rstfast layer's ``num_rotations``, ``num_scales``, ``scales`` and
-        ``basis_type``."""
-        scales = layer.scales
+        ``basis_type`` (a ``from_basis`` layer built without ``scales``: no scale shift is known,
+        ratio 1)."""
+        scales = layer.scales or [1.0]
         ratio = (scales[-1] / scales[0]) ** (1 / (len(scales) - 1)) if len(scales) > 1 else 1.0
         return cls(layer.num_rotations, layer.num_scales, ratio,
                    -1 if layer.basis_type == "I1" else 1)

@@ -86,9 +86,15 @@ class _RotoScaleConv(nn.Module):
 
     @classmethod
     def _from_basis(cls, basis, in_channels, out_channels, num_rotations, neighbourhood, stride,
-                    padding, padding_mode, bias, backend, support_tolerance):
+                    padding, padding_mode, bias, backend, support_tolerance, scales):
         """A layer on the given basis tensor ``[F, R*S, K, K]`` (see ``from_basis``)."""
         check_basis(basis, _checks.positive_int("num_rotations", num_rotations))
+        num_scales = basis.shape[1] // num_rotations
+        if scales is not None:
+            scales = _checks.float_list("scales", scales, positive=True)
+            if len(scales) != num_scales:
+                raise ValueError(f"scales: expected S = basis.shape[1] / num_rotations = "
+                                 f"{num_scales} scales, got {len(scales)}")
         if (isinstance(support_tolerance, bool) or not isinstance(support_tolerance, (int, float))
                 or not 0 <= support_tolerance < 1):
             raise ValueError(f"support_tolerance: expected a float in [0, 1) (a fraction of "
@@ -97,7 +103,7 @@ class _RotoScaleConv(nn.Module):
         nn.Module.__init__(layer)
         layer.effective_size = None
         layer.basis_type = None                 # a given tensor, not a type of the original's
-        layer.scales = None
+        layer.scales = None if scales is None else [round(s, 3) for s in scales]
         layer._setup(in_channels, out_channels, basis.detach().clone(), num_rotations,
                      neighbourhood, stride, padding, padding_mode, bias, backend,
                      float(support_tolerance))
@@ -207,7 +213,7 @@ class _RotoScaleConv(nn.Module):
     def extra_repr(self) -> str:
         basis = (f"basis={self.basis_type}" if self.basis_type is not None
                  else "basis=tensor")
-        scales = self.scales if self.scales is not None else self.num_scales
+        scales = self.scales if self.scales is not None else f"{self.num_scales} (tensor)"
         mode = "" if self.padding_mode == "zeros" else f" padding_mode={self.padding_mode}"
         return (f"{self.in_channels}->{self.out_channels} | {basis} "
                 f"funcs={self.num_funcs} scales={scales} rotations={self.num_rotations} "
@@ -236,14 +242,15 @@ class LiftingConv(_RotoScaleConv):
     def from_basis(cls, basis: torch.Tensor, in_channels: int, out_channels: int, *,
                    num_rotations: int = 1, stride: int = 1, padding: int = 0,
                    padding_mode: str = "zeros", bias: bool = True, backend: str = "auto",
-                   support_tolerance: float = 0.0) -> "LiftingConv":
+                   support_tolerance: float = 0.0, scales=None) -> "LiftingConv":
         """A lifting layer on any basis ``[F, R*S, K, K]`` (``t = r*S + s``, odd ``K``; e.g. a
         DISCO basis), weight ``[O, C, F]``. The per-scale support boxes are measured from the
         tensor: taps with ``|value| <= support_tolerance * max|basis|`` count as zero (0: exact
         zeros only) and are set to zero in the layer's basis buffer, so every backend computes the
-        same numbers and the fast ones skip them."""
+        same numbers and the fast ones skip them. ``scales`` (optional, ``S`` values): the scales
+        the basis was made for (shown by ``repr``; the equivariance tool reads their ratio)."""
         return cls._from_basis(basis, in_channels, out_channels, num_rotations, (), stride,
-                               padding, padding_mode, bias, backend, support_tolerance)
+                               padding, padding_mode, bias, backend, support_tolerance, scales)
 
 
 class GroupConv(_RotoScaleConv):
@@ -272,14 +279,15 @@ class GroupConv(_RotoScaleConv):
     def from_basis(cls, basis: torch.Tensor, in_channels: int, out_channels: int,
                    scale_size: int = 1, rotation_size: int = 1, *, num_rotations: int = 1,
                    stride: int = 1, padding: int = 0, padding_mode: str = "zeros",
-                   bias: bool = True, backend: str = "auto",
-                   support_tolerance: float = 0.0) -> "GroupConv":
+                   bias: bool = True, backend: str = "auto", support_tolerance: float = 0.0,
+                   scales=None) -> "GroupConv":
         """A group layer on any basis ``[F, R*S, K, K]`` (``t = r*S + s``, odd ``K``), weight
-        ``[O, C, Lr*Ls, F]``; supports as :meth:`LiftingConv.from_basis`."""
+        ``[O, C, Lr*Ls, F]``; supports and ``scales`` as :meth:`LiftingConv.from_basis`."""
         neighbourhood = (_checks.positive_int("rotation_size", rotation_size),
                          _checks.positive_int("scale_size", scale_size))
         return cls._from_basis(basis, in_channels, out_channels, num_rotations, neighbourhood,
-                               stride, padding, padding_mode, bias, backend, support_tolerance)
+                               stride, padding, padding_mode, bias, backend, support_tolerance,
+                               scales)
 
     def extra_repr(self) -> str:
         return (super().extra_repr()
