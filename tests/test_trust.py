@@ -202,3 +202,10 @@ def test_empty_batch_on_every_backend(backend):
     lift = rnn.LiftingConv(1, 2, 7, 3, scales=[1.0, 1.4, 2.0], basis_type="A",
                            backend=backend).to(DEVICE)
     assert lift(torch.randn(0, 1, 9, 9, device=DEVICE)).shape == (0, 2, 3, 3, 3)
+
+
+def test_no_backend_claims_a_device_that_is_not_there():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    reasons = backends.available_backends("cuda")
+    assert all(reason is not None for name, reason in reasons.items() if name != "reference")

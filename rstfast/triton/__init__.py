@@ -37,7 +37,7 @@ def unavailable_reason(device) -> Optional[str]:
         return f"triton cannot be imported: {_IMPORT_ERROR}"
     device = torch.device(device)
     if device.type == "cuda":
-        return None
+        return None if torch.cuda.is_available() else "torch sees no CUDA device"
     if device.type == "cpu" and jit.interpreting():
         return jit.interpreter_unusable_reason()
     return (f"Triton kernels need a CUDA device, or TRITON_INTERPRET=1 on CPU "
