@@ -38,6 +38,7 @@ cuBLAS; on CUDA no TF32 unless the caller enables it for matmuls).
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
@@ -46,11 +47,11 @@ import torch
 from ..geometry import Geometry, out_side
 from .transforms import Axis, from_spectrum, to_spectrum
 
-__all__ = ["DTYPES", "CHUNK_BYTES", "unavailable_reason", "conv_forward", "conv_backward",
-           "transform_size"]
+__all__ = ["DTYPES", "ALGORITHM", "CHUNK_BYTES", "unavailable_reason", "conv_forward",
+           "conv_backward", "flops", "transform_size"]
 
 DTYPES = {"cpu": (torch.float32, torch.float64), "cuda": (torch.float32, torch.float64)}
-ALGORITHM = "fft"                # for the cost model of rstfast.autotune
+ALGORITHM = "fft"                # the cost model's throughput class (rstfast.autotune)
 
 # Largest spectrum tensor of a chunk of output slices: one offset's filter spectra (or their
 # gradient) or the output (gradient) spectra, unless one slice needs more. glibc serves blocks up
@@ -85,6 +86,22 @@ def transform_size(geo: Geometry, side: int) -> int:
     lowest = min(shifts)
     highest = last_row + max(d + n - 1 for d, n in zip(shifts, geo.support))
     return max(side, side - lowest, highest + 1, last_row + 1)
+
+
+def flops(geo: Geometry, x_shape) -> float:
+    """Forward FLOPs of this algorithm (the cost model's numerator): ``8 B C O bins`` per read
+    ``(t, a, q)`` (the per-bin complex products), ``4 O C bins n_s`` per read (the filter spectra
+    from the ``n_s x n_s`` taps) and ``5 N log2 N`` per transformed plane of x and y, with
+    ``bins = N_h (N_w/2 + 1)`` at the transform sizes of :func:`transform_size`."""
+    batch, height, width = x_shape[0], x_shape[-2], x_shape[-1]
+    n_h, n_w = transform_size(geo, height), transform_size(geo, width)
+    bins = n_h * (n_w // 2 + 1)
+    supports = [geo.support[t % geo.num_scales] for t, _, _ in geo.reads]
+    products = 8 * batch * geo.in_channels * geo.out_channels * bins * len(supports)
+    spectra = 4 * geo.out_channels * geo.in_channels * bins * sum(supports)
+    planes = batch * (geo.in_channels * geo.in_slices + geo.out_channels * geo.group_size)
+    transforms = 5 * planes * n_h * n_w * math.log2(n_h * n_w)
+    return float(products + spectra + transforms)
 
 
 @dataclass(frozen=True)
@@ -227,7 +244,6 @@ def _filter_spectra(filters: torch.Tensor, geo: Geometry, plan: _Plan, chunk: _C
 def conv_forward(x: torch.Tensor, filters: torch.Tensor, bias: Optional[torch.Tensor],
                  geo: Geometry) -> torch.Tensor:
     """y ``[B, O, T, H', W']`` (contiguous, x's dtype) of x and the flat filter buffer."""
-    geo.check_input(x)
     with torch.autocast(x.device.type, enabled=False):
         plan = _Plan(geo, x.shape[-2], x.shape[-1])
         x5, batch, out_channels = _as_group(x, geo), x.shape[0], geo.out_channels
