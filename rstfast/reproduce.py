@@ -63,6 +63,10 @@ GRID: Tuple[Entry, ...] = (
     Entry("rst-ir-e", "RST-CNN inter-rotation", "ses_vector_{size}_rot_8_interrot_4", "E", 52.1),
     Entry("rst-ir-g", "RST-CNN inter-rotation", "ses_vector_{size}_rot_8_interrot_4", "G", 51.2),
 )
+# Entry.seconds is an epoch of the cpu preset: 500 training images and 500 validation images, an
+# evaluation (forward only) costing about a third of a training image.
+CPU_PRESET_IMAGES = 500 + 500 / 3
+STARTUP_S = 10.0        # a run's fixed cost: process start, imports, data, first-call measuring
 ENTRIES = {entry.key: entry for entry in GRID}
 MODEL_PREFIX = {"rs-mnist": "mnist", "rs-mnist-5k": "mnist", "rs-fmnist": "fmnist"}
 DATASET_TITLES = {"rs-mnist": "RS-MNIST", "rs-mnist-5k": "RS-MNIST (5k subset)",
@@ -106,7 +110,8 @@ PRESETS: Dict[str, Preset] = {
 class Run:
     """One training run of the grid: ``number`` in the plan (1-based), ``argv`` the
     :mod:`rstfast.train` flags, ``data_dir`` the folder the trainer reads, ``cost_s`` its
-    estimated seconds (:attr:`Entry.seconds` scaled to the epochs, images and input size)."""
+    estimated seconds on the README's 2-core Xeon (:attr:`Entry.seconds` per image, scaled to the
+    epochs, split sizes and input size, plus :data:`STARTUP_S`)."""
     number: int
     entry: Entry
     dataset: str
@@ -169,8 +174,9 @@ def plan(preset: Preset, tag: str, out: Path, data_root: str, backend: str, log=
                 digest = hashlib.sha256(json.dumps(argv).encode()).hexdigest()[:10]
                 save = out / "models" / f"{model}_{entry.basis or 'nobasis'}_seed{seed}_{digest}.pt"
                 folder = dataset_dir(data_root, DATASETS[dataset], seed, *DEFAULT_SCALE, sizes)
-                images = resolve_sizes(DATASETS[dataset], sizes)[0]
-                cost = entry.seconds * preset.epochs * images / 500 * (preset.size / 28) ** 2
+                train, val, test = resolve_sizes(DATASETS[dataset], sizes)
+                per_image = entry.seconds / CPU_PRESET_IMAGES * (preset.size / 28) ** 2
+                cost = STARTUP_S + per_image * (preset.epochs * (train + val / 3) + test / 3)
                 runs.append(Run(len(runs) + 1, entry, dataset, seed, model, tuple(argv), str(folder),
                                 str(save), cost))
     return runs
