@@ -152,8 +152,10 @@ def resolve_datasets(datasets: Sequence[str], data_root, log) -> Tuple[str, ...]
     return tuple(resolved)
 
 
-def plan(preset: Preset, tag: str, out: Path, data_root: str, backend: str, log=print) -> List[Run]:
-    """The runs of ``preset``: dataset, then model, then seed."""
+def plan(preset: Preset, tag: str, out: Path, data_root: str, backend: str, log=print,
+         autotune_cache: Optional[str] = None) -> List[Run]:
+    """The runs of ``preset``: dataset, then model, then seed (``autotune_cache``: the
+    trainer's ``--autotune-cache``, left out of the run's identity)."""
     runs = []
     sizes = preset.sizes
     for dataset in resolve_datasets(preset.datasets, data_root, log):
@@ -172,6 +174,8 @@ def plan(preset: Preset, tag: str, out: Path, data_root: str, backend: str, log=
                 if entry.basis is not None:
                     argv += ["--basis", entry.basis]
                 digest = hashlib.sha256(json.dumps(argv).encode()).hexdigest()[:10]
+                if autotune_cache is not None:
+                    argv += ["--autotune-cache", autotune_cache]
                 save = out / "models" / f"{model}_{entry.basis or 'nobasis'}_seed{seed}_{digest}.pt"
                 folder = dataset_dir(data_root, DATASETS[dataset], seed, *DEFAULT_SCALE, sizes)
                 train, val, test = resolve_sizes(DATASETS[dataset], sizes)
@@ -380,6 +384,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model input size: 56 (the paper's, upsampled) or 28")
     p.add_argument("--device", default=None, help="default: the preset's (paper: cuda, else cpu)")
     p.add_argument("--backend", default="auto", help="rstfast backend of every layer")
+    p.add_argument("--autotune-cache", dest="autotune_cache", default=None, metavar="PATH",
+                   help="the trainer's --autotune-cache: auto's decisions file (default: the "
+                        "machine's; 'none': each run decides for itself)")
     p.add_argument("--data-root", dest="data_root", default="./datasets")
     p.add_argument("--out", default=None, help="output folder (default ./runs/reproduce-<preset>)")
     p.add_argument("--results", default=None, help="results file (default <out>/results.yml)")
@@ -479,7 +486,7 @@ def _main(argv=None) -> int:
     tag = args.tag or f"reproduce-{args.preset}"
     check_backend(args.backend)
     rsresults.check_writable(results_path)
-    runs = plan(preset, tag, out, args.data_root, args.backend, log)
+    runs = plan(preset, tag, out, args.data_root, args.backend, log, args.autotune_cache)
     log(f"rstfast.reproduce: preset {args.preset} ({len(runs)} runs: "
         f"{len(preset.models)} models x {len(preset.datasets)} datasets x {preset.seeds} seeds; "
         f"{preset.epochs} epochs, batch {preset.batch_size}, device {preset.device}; "

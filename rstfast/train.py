@@ -29,7 +29,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -38,7 +38,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Subset
 from torch.utils.data.distributed import DistributedSampler
 
-from . import __version__
+from . import __version__, autotune
 from . import backends as rsbackends
 from . import data as rsdata
 from . import results as rsresults
@@ -47,7 +47,7 @@ from .cli import (Parser, UsageError, check_backend, check_device, check_output_
                   one_line)
 
 DATASETS = {"rs-mnist": "mnist", "rs-fmnist": "fmnist", "rs-mnist-5k": "mnist-5k"}
-CHECKPOINT_FORMAT = 3  # 3: + run_id; 2: RNG states as tensors and plain types (weights_only=True)
+CHECKPOINT_FORMAT = 3  # 3: + run_id, auto's decisions; 2: RNG states as tensors and plain types
 PROGRESS_EVERY_S = 30.0  # a progress line this often inside an epoch when stderr is not a terminal
 NO_RSTFAST_LAYERS = "none (no rstfast layers)"
 EXIT_CLAIMED = 75  # another process trains this run (EX_TEMPFAIL): try again when it is done
@@ -91,6 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
     # rstfast additions
     p.add_argument("--backend", default="auto",
                    help=f"one of rstfast.backends.names(), now {', '.join(rsbackends.names())}")
+    p.add_argument("--autotune-cache", dest="autotune_cache", default=None, metavar="PATH",
+                   help="JSON file of auto's decisions, read and added to, so that every run on this "
+                        "machine makes the same picks (default: RSTFAST_AUTOTUNE_CACHE if set, else "
+                        "the machine's file, rstfast.autotune.default_cache_path()); 'none': decide "
+                        "in this process only")
     p.add_argument("--device", default=None, help="e.g. cpu, cuda, cuda:1 (overrides --cuda)")
     p.add_argument("--seed", type=int, default=0, help="seeds the dataset generation and training")
     p.add_argument("--dataset", choices=sorted(DATASETS), default="rs-mnist",
@@ -150,6 +155,8 @@ def check_args(args) -> None:
     rsresults.check_writable(args.results)
     if args.save_model_path:
         check_output_folder(Path(args.save_model_path).parent, "--save_model_path")
+    if args.autotune_cache and args.autotune_cache.lower() != "none":
+        check_output_folder(Path(args.autotune_cache).parent, "--autotune-cache")
     if not args.data_dir:
         check_output_folder(args.data_root, "--data-root")
     if args.data_dir and not Path(args.data_dir).is_dir():
@@ -169,8 +176,8 @@ def model_basis(model: nn.Module) -> Optional[str]:
 
 
 def backend_label(used: dict) -> str:
-    """``rstfast.backends.used(model)`` in one word: 'cpp' when every layer kind ran on it, else
-    'group=fft, lift=cpp'."""
+    """Backends per layer kind (``{"group": "fft", "lift": "cpp"}``) in one word: 'cpp' when every
+    layer kind ran on it, else 'group=fft, lift=cpp'."""
     if not used:
         return NO_RSTFAST_LAYERS
     names = set(used.values())
@@ -343,6 +350,7 @@ class Session:
     amp_dtype: torch.dtype
     basis: Optional[str]
     num_parameters: int
+    autotune_cache: Optional[str]
 
 
 @dataclass
@@ -355,6 +363,21 @@ class Progress:
     best_state: Optional[dict] = None
     elapsed: float = 0.0
     history: List[dict] = field(default_factory=list)
+    layer_backends: Dict[str, List[str]] = field(default_factory=dict)  # every backend each layer ran
+
+    def kind_backends(self, model: nn.Module) -> Dict[str, str]:
+        """:attr:`layer_backends` per layer kind (``{"group": "cpp+fft", "lift": "cpp"}``)."""
+        kinds: Dict[str, set] = {}
+        for name, module in model.named_modules():
+            if name in self.layer_backends:
+                kinds.setdefault(module.layer_kind, set()).update(self.layer_backends[name])
+        return {kind: "+".join(sorted(names)) for kind, names in sorted(kinds.items())}
+
+    def note_backends(self, model: nn.Module) -> None:
+        """Add the backends ``model``'s layers ran in their last forward."""
+        for layer, name in rsbackends.used(model, per_layer=True).items():
+            if name not in self.layer_backends.setdefault(layer, []):
+                self.layer_backends[layer] = sorted(self.layer_backends[layer] + [name])
 
 
 def run(args) -> Optional[dict]:
@@ -404,7 +427,7 @@ def _run(args, env: Distributed, dataset: str, source: Optional[str], log) -> Op
     epoch_times = []
     for epoch in range(progress.epoch, last_epoch):
         tic = time.time()
-        loss, train_acc = train_epoch(session, args, env, epoch, log)
+        loss, train_acc = train_epoch(session, progress, args, env, epoch, log)
         val_acc, train_acc = end_of_epoch(session, progress, args, env, epoch, loss, train_acc)
         epoch_times.append(time.time() - tic)
         progress.elapsed += epoch_times[-1]
@@ -429,6 +452,7 @@ def set_up(args, env: Distributed, dataset: str, source: Optional[str], log) -> 
         torch.backends.cudnn.benchmark = True
     if args.cuda and not args.device and env.device.type != "cuda":
         log("--cuda: no CUDA GPU here; training on the CPU (results.yml: cuda: false)")
+    cache = use_autotune_cache(args.autotune_cache)
     data_dir = prepare_data(args, env, log)
     if source is None:
         source = dataset_info(data_dir)[1]
@@ -451,26 +475,48 @@ def set_up(args, env: Distributed, dataset: str, source: Optional[str], log) -> 
                                                                             args.lr_gamma),
         scaler=torch.amp.GradScaler(env.device.type, enabled=args.amp and env.device.type == "cuda"),
         amp_dtype=torch.float16 if env.device.type == "cuda" else torch.bfloat16,
-        basis=model_basis(model), num_parameters=sum(p.numel() for p in params))
+        basis=model_basis(model), num_parameters=sum(p.numel() for p in params),
+        autotune_cache=cache)
     if env.main:
         Path(args.save_model_path).parent.mkdir(parents=True, exist_ok=True)
     log(f"{args.model} (basis {session.basis}, backend {args.backend}): {session.num_parameters} "
         f"parameters; data {data_dir} ({dataset}, {len(datasets['train'])}/{len(datasets['val'])}/"
         f"{len(datasets['test'])}, source {source}); device {env.device}"
-        + (f" x{env.world_size}" if env.world_size > 1 else ""))
+        + (f" x{env.world_size}" if env.world_size > 1 else "")
+        + (f"; auto's decisions: {cache or 'this process only'}" if args.backend == "auto" else ""))
     return session
+
+
+def use_autotune_cache(flag: Optional[str]) -> Optional[str]:
+    """Point :mod:`rstfast.autotune` at the decisions file of ``--autotune-cache`` (None: the
+    ``RSTFAST_AUTOTUNE_CACHE`` setting if there is one, else the machine's file; 'none': no
+    file); return the path in use, None for none."""
+    if flag is None and os.environ.get("RSTFAST_AUTOTUNE_CACHE"):
+        setting = os.environ["RSTFAST_AUTOTUNE_CACHE"]
+        if setting.lower() in ("0", "off", "none"):
+            flag = "none"
+        elif setting.lower() not in ("1", "on", "default"):
+            flag = setting
+    if flag is not None and flag.lower() == "none":
+        autotune.use_cache(None)
+        return None
+    path = str(autotune.default_cache_path() if flag is None else Path(flag))
+    autotune.use_cache(path)
+    return path
 
 
 def restore(session: Session, state: dict, env: Distributed) -> Progress:
     """Load a checkpoint into ``session`` (weights, optimiser, scheduler, scaler, this rank's RNG
-    states); return its :class:`Progress`."""
+    states and auto's decisions, pinned); return its :class:`Progress`."""
     session.model.load_state_dict(state["model"])
     session.optimizer.load_state_dict(state["optimizer"])
     session.scheduler.load_state_dict(state["scheduler"])
     session.scaler.load_state_dict(state["scaler"])
-    set_rng_state(state["rng"][env.rank] if env.rank < len(state["rng"]) else state["rng"][0])
+    mine = env.rank if env.rank < len(state["rng"]) else 0
+    set_rng_state(state["rng"][mine])
+    autotune.load_state_dict(state["autotune"][mine])   # the picks of the interrupted run
     return Progress(state["run_id"], state["epoch"], state["best_acc"], state["best_epoch"],
-                    state["best_state"], state["elapsed"], state["history"])
+                    state["best_state"], state["elapsed"], state["history"], state["layer_backends"])
 
 
 def eta(epoch_times: List[float], epochs_left: int) -> float:
@@ -481,7 +527,8 @@ def eta(epoch_times: List[float], epochs_left: int) -> float:
     return sum(steady) / len(steady) * epochs_left
 
 
-def train_epoch(session: Session, args, env: Distributed, epoch: int, log) -> Tuple[float, float]:
+def train_epoch(session: Session, progress: Progress, args, env: Distributed, epoch: int,
+                log) -> Tuple[float, float]:
     """One training pass; ``(mean loss, accuracy)`` over the pass, summed over processes. A
     progress line every PROGRESS_EVERY_S (stderr not a terminal) or a tqdm bar (terminal); the
     time left is estimated from the batches after the first."""
@@ -511,6 +558,7 @@ def train_epoch(session: Session, args, env: Distributed, epoch: int, log) -> Tu
         session.scaler.scale(loss).backward()
         session.scaler.step(session.optimizer)
         session.scaler.update()
+        progress.note_backends(session.model)
         loss_sum += loss.item() * len(y)
         seen += len(y)
         correct += (logits.argmax(dim=1) == y).sum().item()
@@ -553,6 +601,7 @@ def end_of_epoch(session: Session, progress: Progress, args, env: Distributed, e
                  if args.train_eval else running_acc)
     session.datasets["val"].set_epoch(epoch)
     val_acc = evaluate(session.model, session.datasets["val"], args, env, session.amp_dtype)
+    progress.note_backends(session.model)
     if val_acc > progress.best_acc:
         progress.best_acc, progress.best_epoch = val_acc, epoch + 1
         progress.best_state = {k: v.detach().cpu().clone() for k, v in session.model.state_dict().items()}
@@ -570,6 +619,7 @@ def save_checkpoint(session: Session, progress: Progress, args, env: Distributed
                     metrics_path: Path, results: Optional[dict] = None) -> None:
     """The checkpoint (atomically) and the metrics JSON; ``results`` marks a finished run."""
     rngs = env.gather(rng_state())
+    decisions = env.gather(autotune.state_dict())
     if not env.main:
         return
     state = {"format": CHECKPOINT_FORMAT, "args": vars(args), "run_id": progress.run_id,
@@ -577,7 +627,8 @@ def save_checkpoint(session: Session, progress: Progress, args, env: Distributed
              "optimizer": session.optimizer.state_dict(), "scheduler": session.scheduler.state_dict(),
              "scaler": session.scaler.state_dict(), "best_acc": progress.best_acc,
              "best_epoch": progress.best_epoch, "best_state": progress.best_state,
-             "elapsed": progress.elapsed, "history": progress.history, "rng": rngs}
+             "elapsed": progress.elapsed, "history": progress.history, "rng": rngs,
+             "autotune": decisions, "layer_backends": progress.layer_backends}
     if results is not None:
         state["results"] = results
     save_atomic(state, ckpt_path)
@@ -593,8 +644,9 @@ def result_entry(session: Session, progress: Progress, args, env: Distributed, t
     entry = {k: v for k, v in vars(args).items() if k in RESULT_FLAGS}
     splits = {f"{split}_size": len(session.datasets[split]) for split in ("train", "val", "test")}
     entry.update(
-        acc=test_acc, backend=backend_label(rsbackends.used(session.model)),
-        backend_requested=args.backend, basis=session.basis, dataset=session.dataset,
+        acc=test_acc, backend=backend_label(progress.kind_backends(session.model)),
+        backend_per_layer={layer: "+".join(names) for layer, names in progress.layer_backends.items()},
+        backend_requested=args.backend, autotune_cache=session.autotune_cache or "none", basis=session.basis, dataset=session.dataset,
         source=session.source, data_dir=session.data_dir, device=str(env.device),
         cuda=env.device.type == "cuda", amp=args.amp, world_size=env.world_size,
         global_batch_size=args.batch_size * env.world_size, **splits,
@@ -612,6 +664,7 @@ def finish(session: Session, progress: Progress, args, env: Distributed, ckpt_pa
     session.model.load_state_dict(progress.best_state)
     session.datasets["test"].set_epoch(args.epochs)
     test_acc = evaluate(session.model, session.datasets["test"], args, env, session.amp_dtype)
+    progress.note_backends(session.model)
     entry = result_entry(session, progress, args, env, test_acc)
     log(f"Test accuracy of the best-on-validation model (epoch {progress.best_epoch}): "
         f"{test_acc:.4f}; {progress.elapsed / args.epochs:.1f}s per epoch")

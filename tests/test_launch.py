@@ -14,7 +14,7 @@ import yaml
 from rstfast import launch, reproduce, train
 
 from conftest import REPO
-from test_reproduce import TINY, data_root  # noqa: F401  (fixture)
+from test_reproduce import TINY, data_root, own_autotune_cache  # noqa: F401  (fixtures)
 
 RUNS = {("mnist_cnn_28", "rs-mnist"), ("mnist_ses_scalar_28_rot_1", "rs-mnist"),
         ("fmnist_cnn_28", "rs-fmnist"), ("fmnist_ses_scalar_28_rot_1", "rs-fmnist")}
@@ -41,8 +41,10 @@ def command(argv):
     return [sys.executable, "-m", "rstfast.reproduce", *argv]
 
 
-ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p),
-           OMP_NUM_THREADS="1")
+def subprocess_env():
+    """This process's environment (the test's decisions file included) for a reproduce process."""
+    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(
+        p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p))
 
 
 def test_local_slots_divide_cores_and_gpus(monkeypatch):
@@ -86,7 +88,7 @@ def test_two_workers_finish_the_grid_longest_first(tmp_path, data_root, capsys):
 def test_worker_killed_mid_run_and_the_grid_resumed(tmp_path, data_root):  # noqa: F811
     out = tmp_path / "out"
     argv = prepared(data_root, out, "--epochs", "3", "--jobs", "2")
-    parent = subprocess.Popen(command(argv), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    parent = subprocess.Popen(command(argv), env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True)
     killed = None
     while killed is None and parent.poll() is None:   # the first run that has finished an epoch
@@ -105,7 +107,7 @@ def test_worker_killed_mid_run_and_the_grid_resumed(tmp_path, data_root):  # noq
     assert parent.returncode == 1 and "killed by SIGKILL" in log, log
     entries = yaml.safe_load((out / "results.yml").read_text()) if (out / "results.yml").exists() else []
     assert not any(killed in e["save_model_path"] for e in entries or [])
-    again = subprocess.run(command(argv), env=ENV, capture_output=True, text=True)
+    again = subprocess.run(command(argv), env=subprocess_env(), capture_output=True, text=True)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "resuming after epoch" in again.stdout
     assert recorded(out) == Counter(RUNS)                # every run once, the killed one resumed
@@ -114,7 +116,7 @@ def test_worker_killed_mid_run_and_the_grid_resumed(tmp_path, data_root):  # noq
 def test_two_reproduce_commands_on_one_folder(tmp_path, data_root):  # noqa: F811
     out = tmp_path / "out"
     argv = prepared(data_root, out)
-    first, second = (subprocess.Popen(command(argv), env=ENV, stdout=subprocess.PIPE,
+    first, second = (subprocess.Popen(command(argv), env=subprocess_env(), stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT, text=True) for _ in range(2))
     logs = [p.communicate()[0] for p in (first, second)]
     assert first.returncode == 0 and second.returncode == 0, logs
@@ -125,7 +127,7 @@ def test_two_reproduce_commands_on_one_folder(tmp_path, data_root):  # noqa: F81
 
 def test_submitit_local_executor_end_to_end(tmp_path, data_root, monkeypatch, capsys):  # noqa: F811
     pytest.importorskip("submitit")
-    monkeypatch.setenv("PYTHONPATH", ENV["PYTHONPATH"])
+    monkeypatch.setenv("PYTHONPATH", subprocess_env()["PYTHONPATH"])
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     out = tmp_path / "out"
     argv = TINY + ["--data-root", str(data_root), "--out", str(out), "--launcher", "submitit",

@@ -15,6 +15,13 @@ TINY = ["--preset", "cpu", "--models", "cnn", "sesn", "--epochs", "1", "--batch_
         "--train-size", "40", "--val-size", "20", "--test-size", "20"]
 
 
+@pytest.fixture(autouse=True)
+def own_autotune_cache(tmp_path, monkeypatch):
+    """auto's decisions file (the machine's by default) in this test's folder, also for workers."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("RSTFAST_AUTOTUNE_CACHE", raising=False)
+
+
 @pytest.fixture
 def data_root(tmp_path, monkeypatch):
     """Synthetic MNIST and Fashion-MNIST IDX folders, trusted as the official sets."""

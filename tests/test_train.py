@@ -22,7 +22,8 @@ ORIGINAL_FIELDS = ("model", "acc", "basis", "batch_size", "cuda", "data_dir", "d
                    "nesterov", "num_parameters", "optim", "save_model_path", "tag", "time_per_epoch")
 ADDED_FIELDS = ("backend", "backend_requested", "device", "seed", "seconds_per_epoch", "source", "amp",
                 "world_size", "global_batch_size", "train_size", "val_size", "test_size", "best_epoch",
-                "run_id", "python_version", "rstfast_version", "torch_version")
+                "run_id", "python_version", "rstfast_version", "torch_version", "backend_per_layer",
+                "autotune_cache")
 
 
 class TinyNet(nn.Module):
@@ -36,6 +37,13 @@ class TinyNet(nn.Module):
 
     def forward(self, x):
         return self.head(self.features(x))
+
+
+@pytest.fixture(autouse=True)
+def own_autotune_cache(tmp_path, monkeypatch):
+    """auto's decisions file of the trainer (the machine's by default) in this test's folder."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("RSTFAST_AUTOTUNE_CACHE", raising=False)
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +94,7 @@ def test_two_epochs_reduce_loss_and_write_results(tmp_path, data_dir, tiny_model
     assert entry["dataset"] == "unknown" and entry["source"] == "unknown"
     assert entry["backend"] == train.NO_RSTFAST_LAYERS and entry["basis"] is None
     assert entry["backend_requested"] == "auto" and entry["seconds_per_epoch"] > 0
+    assert entry["backend_per_layer"] == {} and entry["autotune_cache"].endswith(".json")
     assert entry["lr_steps"] == [20, 40] and entry["num_parameters"] == 482 and entry["seed"] == 0
     best = torch.load(tmp_path / "run" / "model.pt")
     assert set(best) == set(TinyNet().state_dict())
@@ -324,7 +333,7 @@ def test_auto_measuring_leaves_the_random_streams_alone(tmp_path, small_data, me
     """Same seed: the run in which auto measures (its first calls, the partial last batch, eval)
     equals the same run on the backends it picked, measuring nothing: same data order, dropout
     masks, losses, weights, and the same global RNG state afterwards."""
-    common = ("--epochs", "2", "--no-train-eval", "--model", "mnist_cnn_28")
+    common = ("--epochs", "2", "--no-train-eval", "--model", "mnist_cnn_28", "--autotune-cache", "none")
     run_cli(tmp_path, small_data, *common, name="measured")
     after_measuring = torch.get_rng_state()
     measured = [d for d in measuring_auto.decisions() if d.method == "measured"]
@@ -338,11 +347,32 @@ def test_auto_measuring_leaves_the_random_streams_alone(tmp_path, small_data, me
 
 def test_resume_with_auto_is_bitwise(tmp_path, small_data, measuring_auto):
     """Interrupted after epoch 1 (partial last batch in every epoch), resumed in a "new process"
-    (auto's decisions forgotten): the same weights, losses and accuracies as the uninterrupted run."""
-    common = ("--epochs", "2", "--lr_steps", "1", "--no-train-eval", "--model", "mnist_cnn_28")
+    (auto's decisions forgotten; no decisions file, so they come from the checkpoint): the same
+    weights, losses and accuracies as the uninterrupted run."""
+    common = ("--epochs", "2", "--lr_steps", "1", "--no-train-eval", "--model", "mnist_cnn_28",
+              "--autotune-cache", "none")
     whole = run_cli(tmp_path, small_data, *common, name="whole")
     assert run_cli(tmp_path, small_data, *common, "--stop-after", "1", name="split") is None
     backends.clear_cache()                                   # what a new process starts from
     resumed = run_cli(tmp_path, small_data, *common, "--resume", name="split")
     assert_same_run(final_state(tmp_path, "whole"), final_state(tmp_path, "split"))
     assert resumed["acc"] == whole["acc"] and resumed["backend"] == whole["backend"]
+    assert resumed["backend_per_layer"] == whole["backend_per_layer"]
+    assert set(whole["backend_per_layer"]) == {"lift", "group"}
+    assert not [d for d in measuring_auto.decisions() if d.method == "measured"]  # all from the checkpoint
+
+
+def test_the_same_command_twice_gives_the_same_numbers(tmp_path, small_data, measuring_auto):
+    """The machine's decisions file (here in the test's folder): the second run, in a "new
+    process", makes the first run's picks without measuring, and gets the first run's numbers."""
+    common = ("--epochs", "1", "--no-train-eval", "--model", "mnist_cnn_28")
+    first = run_cli(tmp_path, small_data, *common, name="first")
+    cache = measuring_auto.default_cache_path()
+    assert first["autotune_cache"] == str(cache) and str(tmp_path / "cache") in str(cache)
+    recorded = json.loads(cache.read_text())["decisions"]
+    assert len(recorded) >= 4
+    backends.clear_cache()
+    second = run_cli(tmp_path, small_data, *common, name="second")
+    assert {d.method for d in measuring_auto.decisions()} == {"recorded"}
+    assert_same_run(final_state(tmp_path, "first"), final_state(tmp_path, "second"))
+    assert second["acc"] == first["acc"] and second["backend_per_layer"] == first["backend_per_layer"]
