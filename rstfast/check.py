@@ -27,8 +27,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 from . import autotune, backends, golden, ops
-from .data.cli import Parser, guarded
-from .data.errors import UsageError
+from .cli import Parser, UsageError, guarded
 from .geometry import group_geometry, lifting_geometry
 from .reference.bases import steerable_basis
 

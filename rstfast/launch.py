@@ -22,6 +22,7 @@ A run here is a :class:`rstfast.reproduce.Run`: ``number``, ``label``, ``save_mo
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -32,7 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+from . import train
 from .cli import UsageError, one_line
+from .train import checkpoint_paths, duration
 
 POLL_S = 2.0          # how often running workers and runs locked elsewhere are checked
 PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])
@@ -67,14 +70,12 @@ def local_slots(device: str, jobs: int) -> List[Slot]:
 
 
 def run_lock(run):
-    from .train import run_lock as lock
-    return lock(run.save_model_path)
+    """The lock of ``run`` (held by the process training it)."""
+    return train.run_lock(run.save_model_path)
 
 
 def epochs_done(run) -> int:
     """Epochs in the run's metrics file (0 if none yet)."""
-    import json
-    from .train import checkpoint_paths
     try:
         return len(json.loads(checkpoint_paths(run.save_model_path)[1].read_text())["epochs"])
     except (OSError, ValueError, KeyError, TypeError):
@@ -108,12 +109,10 @@ class GridClock:
         rate = self.spent / self.estimated if self.estimated > 0 else 1.0
         left = rate * sum(run.cost_s for run in waiting) + sum(
             max(0.0, rate * run.cost_s - (time.time() - started)) for run, started in running.values())
-        from .train import duration
-        basis = "measured" if self.estimated > 0 else "estimated"
+        basis = "at the pace of the finished runs" if self.estimated > 0 else "estimated"
         return f"~{duration(left / self.slots)} ({basis})"
 
     def elapsed(self) -> str:
-        from .train import duration
         return duration(time.time() - self.start)
 
 
@@ -126,7 +125,6 @@ class InProcess:
         self.results_path = results_path
 
     def start(self, run, slot: Slot):
-        from . import train
         args = train.build_parser().parse_args(run.train_argv(self.results_path, slot.device))
         try:
             train.check_args(args)
@@ -156,7 +154,6 @@ class Workers:
         self.log_dir = Path(log_dir)
 
     def start(self, run, slot: Slot):
-        from .train import EXIT_CLAIMED
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / (Path(run.save_model_path).stem + ".log")
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(
@@ -171,7 +168,7 @@ class Workers:
             handle.flush()
             process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env,
                                        preexec_fn=pin)
-        return _Process(process, log_path, EXIT_CLAIMED)
+        return _Process(process, log_path, train.EXIT_CLAIMED)
 
 
 @dataclass
@@ -217,7 +214,7 @@ def run_grid(runs: Sequence, slots: Sequence[Slot], starter, done: Callable[[obj
     handles: Dict[int, object] = {}
     failures: List[str] = []
     clock = GridClock(len(slots))
-    finished = sum(1 for run in runs if done(run)) + total - len(runs)
+    finished = {run.number for run in runs if done(run) is not None}
     said_waiting = set()
 
     def head(run) -> str:
@@ -228,6 +225,7 @@ def run_grid(runs: Sequence, slots: Sequence[Slot], starter, done: Callable[[obj
             run = waiting.pop(0)
             result = done(run)
             if result is not None:
+                finished.add(run.number)
                 log(f"{head(run)}: done (test accuracy {100 * result['acc']:.2f}%), skipped")
                 continue
             if run_lock(run).is_held_elsewhere():
@@ -248,7 +246,7 @@ def run_grid(runs: Sequence, slots: Sequence[Slot], starter, done: Callable[[obj
             epochs = epochs_done(run)
             log(f"{head(run)}: {f'resuming after epoch {epochs}' if epochs else 'training'}"
                 + (f" on {slot.name}" if len(slots) > 1 else "")
-                + f"; grid {finished}/{total} done, elapsed {clock.elapsed()}, "
+                + f"; grid {len(finished)}/{total} done, elapsed {clock.elapsed()}, "
                   f"ETA {clock.eta(waiting + deferred + [run], running)}")
             running[index] = (run, time.time())
             handles[index] = starter.start(run, slot)
@@ -264,11 +262,11 @@ def run_grid(runs: Sequence, slots: Sequence[Slot], starter, done: Callable[[obj
                 continue
             if outcome.ok and done(run) is not None:
                 result = done(run)
-                finished += 1
+                finished.add(run.number)
                 clock.finished(run, seconds)
                 log(f"{head(run)}: test accuracy {100 * result['acc']:.2f}%, "
                     f"{result.get('seconds_per_epoch', 0):.1f} s/epoch, backend {result.get('backend')}; "
-                    f"grid {finished}/{total} done, elapsed {clock.elapsed()}, "
+                    f"grid {len(finished)}/{total} done, elapsed {clock.elapsed()}, "
                     f"ETA {clock.eta(waiting + deferred, running)}")
             else:
                 message = outcome.message or "finished without a results.yml entry"
@@ -300,7 +298,6 @@ class TrainTask:
         self.argv = list(argv)
 
     def __call__(self) -> dict:
-        from . import train
         threads = os.environ.get("SLURM_CPUS_PER_TASK")
         if threads:
             import torch

@@ -28,7 +28,7 @@ PARSERS = {
     "rstfast.reproduce": "rstfast.reproduce", "rstfast.equivariance": "rstfast.equivariance.__main__",
     "rstfast.plot": "rstfast.plot", "rstfast.csrc.build": "rstfast.csrc.build",
     "benchmarks.report": "benchmarks.report", "benchmarks.scaling": "benchmarks.scaling",
-    "benchmarks.gpu": "benchmarks.gpu", "rstfast.check": "rstfast.check",
+    "benchmarks.gpu": "benchmarks.gpu", "benchmarks.paper_runs": "benchmarks.paper_runs", "rstfast.check": "rstfast.check",
 }
 ENTRY_POINTS = {"rstfast-train": "rstfast.train", "rstfast-data": "rstfast.data",
                 "rstfast-reproduce": "rstfast.reproduce"}

@@ -126,3 +126,15 @@ def test_presets_and_the_full_mnist_fallback(tmp_path, monkeypatch, capsys):
     assert reproduce.main(["--backend", "nope", "--list"]) == 2
     assert "--backend: expected one of" in capsys.readouterr().err
     assert sources.INSTALL_HINTS["debian"].startswith("apt-get install dataset-fashion-mnist")
+
+
+def test_paper_run_time_is_extrapolated_from_short_measurements(tmp_path, capsys):
+    from benchmarks import paper_runs
+    report = paper_runs.main(["--device", "cpu", "--models", "cnn", "--batch", "4", "--steps", "1",
+                              "--out", str(tmp_path / "paper.json")])
+    times = report["models"]["cnn"]
+    expected = 60 * (10000 / 4 * times["step_s"] + 2000 / 4 * times["eval_s"]) + 50000 / 4 * times["eval_s"]
+    assert times["run_s"]["rs-mnist"] == pytest.approx(expected)
+    assert set(times["run_s"]) == {"rs-mnist", "rs-fmnist"}
+    assert json.loads((tmp_path / "paper.json").read_text())["batch"] == 4
+    assert "| CNN | – | " in capsys.readouterr().out
