@@ -9,8 +9,8 @@ State-dict keys, shapes and buffers equal the original's, so its checkpoints loa
 ``mnist_ses_*``, 'D1' for ``mnist_res_*``; ignored by models without a basis) and ``backend``
 (passed to every rstfast layer) are read, every other keyword is ignored.
 
-Trained weights: :func:`load_model` (a state_dict or an :mod:`rstfast.train` checkpoint, see
-:mod:`.checkpoint`).
+Trained weights: :func:`rstfast.models.checkpoint.load_model` (a state_dict or an
+:mod:`rstfast.train` checkpoint).
 
 STL-10 (96x96 RGB): ``wrn_16_8``, ``wrn_16_8_{kanazawa,xu,dss,ss}`` and ``wrn_16_8_ses_{a,b,c}``
 (see :mod:`.stl`).
@@ -26,10 +26,9 @@ from typing import Optional
 import torch.nn as nn
 
 from . import cnn, dss, scale_invariant, ses, sevf, ss, stl
-from .checkpoint import input_shape_of, load_model, load_state_dict
 
 # ``list`` is left out of ``__all__`` so that ``import *`` does not shadow the builtin.
-__all__ = ["get", "FACTORIES", "FASHION_PREFIX", "input_shape_of", "load_model", "load_state_dict"]
+__all__ = ["get", "FACTORIES", "FASHION_PREFIX"]
 
 FASHION_PREFIX = "fmnist_"
 
