@@ -349,12 +349,15 @@ def submitit_executor(folder: Path, cluster: Optional[str], name: str, time_limi
         if not sep or not key:
             raise UsageError(f"--slurm-opt: expected KEY=VALUE (an sbatch option), got {option!r}")
         extra[key.lstrip("-").replace("-", "_")] = value
-    executor = submitit.AutoExecutor(folder=folder, cluster=cluster, slurm_max_num_timeout=100)
     parameters = dict(name=name, timeout_min=parse_minutes(time_limit), slurm_partition=partition,
                       slurm_gpus_per_task=gpus_per_task, cpus_per_task=cpus_per_task,
                       slurm_array_parallelism=array_parallelism,
                       slurm_additional_parameters=extra or None)
-    executor.update_parameters(**{k: v for k, v in parameters.items() if v is not None})
+    try:
+        executor = submitit.AutoExecutor(folder=folder, cluster=cluster, slurm_max_num_timeout=100)
+        executor.update_parameters(**{k: v for k, v in parameters.items() if v is not None})
+    except (RuntimeError, ValueError, NameError) as exc:   # no SLURM here, an option sbatch refuses
+        raise UsageError(f"--launcher submitit: {one_line(exc)[:300]}") from None
     return executor
 
 

@@ -410,14 +410,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--submitit-cluster", dest="submitit_cluster", default=None,
                      choices=("slurm", "local", "debug"),
                      help="submitit's executor (default: slurm where sbatch is found, else local)")
-    run.add_argument("--slurm-partition", dest="slurm_partition", default=None)
-    run.add_argument("--slurm-gpus-per-task", dest="slurm_gpus_per_task", type=int, default=None)
-    run.add_argument("--slurm-cpus-per-task", dest="slurm_cpus_per_task", type=int, default=None)
-    run.add_argument("--slurm-time", dest="slurm_time", default="24:00:00",
+    run.add_argument("--slurm-partition", dest="slurm_partition", default=None, metavar="NAME")
+    run.add_argument("--slurm-gpus-per-task", dest="slurm_gpus_per_task", type=int, default=None,
+                     metavar="N")
+    run.add_argument("--slurm-cpus-per-task", dest="slurm_cpus_per_task", type=int, default=None,
+                     metavar="N", help="also the torch threads of each task")
+    run.add_argument("--slurm-time", dest="slurm_time", default="24:00:00", metavar="TIME",
                      help="time limit per job (MM, HH:MM:SS or D-HH:MM:SS; default 24:00:00); a "
                           "job that reaches it is requeued and resumes from its checkpoint")
     run.add_argument("--slurm-array-parallelism", dest="slurm_array_parallelism", type=int,
-                     default=None, help="at most this many tasks of the array at once")
+                     default=None, metavar="N", help="at most this many tasks of the array at once")
     run.add_argument("--slurm-opt", dest="slurm_opt", nargs="+", default=[], metavar="KEY=VALUE",
                      help="more sbatch options, e.g. account=proj qos=high constraint=a100")
     run.add_argument("--no-wait", dest="wait", action="store_false",

@@ -141,6 +141,36 @@ def test_submitit_local_executor_end_to_end(tmp_path, data_root, monkeypatch, ca
     assert reproduce.main(["--table-only", str(out / "results.yml")]) == 0
 
 
+def test_slurm_options_reach_the_sbatch_file(tmp_path, data_root, monkeypatch, capsys):  # noqa: F811
+    """No SLURM here: a stand-in sbatch (and srun) on PATH records the call; the job array's
+    sbatch file submitit writes carries every option."""
+    pytest.importorskip("submitit")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text('#!/bin/sh\necho "$@" >> "$(dirname "$0")/calls"\n'
+                                    'echo "Submitted batch job 4242"\n')
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
+    for tool in ("sbatch", "srun"):
+        (bin_dir / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    out = tmp_path / "out"
+    argv = TINY + ["--data-root", str(data_root), "--out", str(out), "--launcher", "submitit",
+                   "--submitit-cluster", "slurm", "--slurm-partition", "gpu", "--slurm-gpus-per-task", "1",
+                   "--slurm-cpus-per-task", "8", "--slurm-time", "1-00:00:00", "--slurm-array-parallelism",
+                   "2", "--slurm-opt", "account=proj", "qos=high", "--no-wait"]
+    assert reproduce.main(argv) == 0
+    assert capsys.readouterr().out.count("submitted as job 4242_") == 4
+    (script,) = (out / "submitit").glob("*_submission.sh")
+    text = script.read_text()
+    for line in ("--partition=gpu", "--gpus-per-task=1", "--cpus-per-task=8", "--time=1440",
+                 "--array=0-3%2", "--account=proj", "--qos=high", "--signal=USR2@", "--job-name=rstfast-reproduce-cpu"):
+        assert f"#SBATCH {line}" in text, (line, text)
+    assert len((bin_dir / "calls").read_text().splitlines()) == 1      # one job array
+    monkeypatch.setenv("PATH", os.defpath)
+    assert reproduce.main(argv) == 2                                    # no srun: one line
+    assert "--launcher submitit: " in capsys.readouterr().err
+
+
 def test_a_requeued_task_resumes_from_the_trainer_checkpoint(tmp_path, monkeypatch):
     pytest.importorskip("submitit")
     import numpy as np
