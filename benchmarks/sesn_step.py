@@ -19,6 +19,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from rstfast.machine import cpu_name
+
 VARIANTS = ("sesn", "cpp", "fft", "auto")
 MODELS = ("mnist_ses_scalar_28", "mnist_ses_vector_28")
 
@@ -47,14 +49,6 @@ for _ in range(int(steps) + 1):
     times.append(time.perf_counter() - start)
 print(json.dumps({"seconds": min(times[1:]), "first": times[0]}))
 """
-
-
-def _cpu() -> str:
-    if os.path.exists("/proc/cpuinfo"):
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def measure(sesn: Path, models, variants, batch: int, rounds: int, steps: int) -> dict:
@@ -112,10 +106,10 @@ def main(argv=None) -> int:
     import torch
     best = measure(args.sesn, args.models, tuple(args.variants), args.batch, args.rounds,
                    args.steps)
-    print(f"\n{_cpu()}, {torch.get_num_threads()} threads, torch {torch.__version__}\n")
+    print(f"\n{cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}\n")
     print(table(best, args.batch))
     if args.json:
-        args.json.write_text(json.dumps({"cpu": _cpu(), "threads": torch.get_num_threads(),
+        args.json.write_text(json.dumps({"cpu": cpu_name(), "threads": torch.get_num_threads(),
                                          "batch": args.batch, "seconds": best}, indent=1))
     return 0
 

@@ -29,13 +29,11 @@ verified while tracing).
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import math
 import os
-import platform
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -45,7 +43,9 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 from . import backends
+from .files import FileLock, write_atomic
 from .geometry import Geometry
+from .machine import cpu_name
 
 __all__ = ["Decision", "choose", "decisions", "explain", "estimate_seconds", "clear",
            "state_dict", "load_state_dict", "use_cache", "default_cache_path", "THROUGHPUT",
@@ -73,7 +73,6 @@ TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 8 * 2.0 
              torch.float16: 8 * 2.0 ** -11}
 _CACHE_FORMAT = 1
 
-
 @dataclass
 class Decision:
     """One auto choice: what was chosen for which call, how, and the numbers behind it."""
@@ -98,13 +97,11 @@ class Decision:
                 f"{': ' + timings if timings else ''})"
                 + "".join(f"; {note}" for note in notes if note))
 
-
 def _describe(key: tuple) -> str:
     geo, shape, dtype, device, _, grad = key
     kind = "lift" if geo[1] else "group"
     return (f"{kind} {list(shape)} {str(dtype).replace('torch.', '')} on {device}"
             f"{' (forward+backward)' if grad else ''}")
-
 
 def _key_string(key: tuple) -> str:
     """A decision key as text: the form of :func:`state_dict` and the cache file."""
@@ -113,18 +110,15 @@ def _key_string(key: tuple) -> str:
             f"dtype={str(dtype).replace('torch.', '')};device={device};"
             f"autocast={int(autocast)};grad={int(grad)}")
 
-
 _decisions: Dict[tuple, Decision] = {}
 _pinned: Dict[str, str] = {}                     # key string -> backend (recorded decisions)
 _distrusted: Dict[Tuple[str, str], str] = {}     # (backend, device) -> why it failed
 _generators: Dict[str, torch.Generator] = {}
 _cache = {"path": None, "writable": False, "from_env": False}
 
-
 def decisions() -> List[Decision]:
     """Every auto decision taken in this process, in order."""
     return list(_decisions.values())
-
 
 def explain() -> str:
     """One line per decision (what auto picked, why), then the backends no longer trusted."""
@@ -133,7 +127,6 @@ def explain() -> str:
               for (name, device), why in _distrusted.items()]
     return "\n".join(lines) or "no auto decision yet"
 
-
 def clear() -> None:
     """Forget decisions, pinned decisions, distrust and the cache file setting."""
     _decisions.clear()
@@ -141,9 +134,7 @@ def clear() -> None:
     _distrusted.clear()
     _cache.update(path=None, writable=False, from_env=False)
 
-
 backends.CLEAR_HOOKS.append(clear)
-
 
 # ----------------------------------------------------------------------------- cost model
 def estimate_seconds(name: str, geo: Geometry, x_shape, device, backward: bool) -> float:
@@ -154,7 +145,6 @@ def estimate_seconds(name: str, geo: Geometry, x_shape, device, backward: bool) 
                           THROUGHPUT.get(("cpu", backend.algorithm), THROUGHPUT[("cpu", "direct")]))
     return backend.flops(geo, x_shape) * (3 if backward else 1) / rate
 
-
 # --------------------------------------------------------------------------- persistence
 def state_dict() -> dict:
     """Every decision of this process and every pinned one: ``{"format": 1, "decisions":
@@ -162,7 +152,6 @@ def state_dict() -> dict:
     recorded = dict(_pinned)
     recorded.update({_key_string(d.key): d.chosen for d in _decisions.values()})
     return {"format": _CACHE_FORMAT, "decisions": recorded}
-
 
 def _recorded(state) -> Dict[str, str]:
     if (not isinstance(state, dict) or state.get("format") != _CACHE_FORMAT
@@ -173,29 +162,21 @@ def _recorded(state) -> Dict[str, str]:
                          f"{_CACHE_FORMAT}), got {str(state)[:200]}")
     return dict(state["decisions"])
 
-
 def load_state_dict(state: dict) -> None:
     """Pin the decisions of ``state`` (:func:`state_dict`): a later call with one of its keys runs
     the recorded backend (verified once; re-decided with a warning if it cannot run here)."""
     _pinned.update(_recorded(state))
 
-
 def default_cache_path() -> Path:
     """``$XDG_CACHE_HOME/rstfast/autotune-<machine>.json`` (``~/.cache`` when unset); the machine
     id hashes the CPU model, the GPUs, torch's version and thread count, and rstfast's version."""
     from . import __version__
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    cpu = cpu_name()
     gpus = ([torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
             if torch.cuda.is_available() else [])
     ident = json.dumps([cpu, gpus, torch.__version__, torch.get_num_threads(), __version__])
     root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return root / "rstfast" / f"autotune-{hashlib.sha256(ident.encode()).hexdigest()[:12]}.json"
-
 
 def use_cache(path) -> None:
     """Keep decisions in the JSON file ``path`` (None: no file): its decisions are pinned now,
@@ -207,13 +188,16 @@ def use_cache(path) -> None:
         return
     path = Path(path)
     try:
-        with _locked(path):
+        with _lock(path):
             _pinned.update(_read_cache(path))
         _cache["writable"] = True
     except (OSError, ValueError) as exc:
         warnings.warn(f"rstfast: autotune cache {path} is not usable ({exc}); decisions are not "
                       f"read from it and it is left as it is", RuntimeWarning, stacklevel=2)
 
+def _lock(path: Path) -> FileLock:
+    """The lock of the cache file ``path`` (several processes may share the file)."""
+    return FileLock(path.with_name(path.name + ".lock"))
 
 def _read_cache(path: Path) -> Dict[str, str]:
     if not path.exists():
@@ -224,37 +208,21 @@ def _read_cache(path: Path) -> Dict[str, str]:
         raise ValueError(f"not JSON: {exc}") from None
     return _recorded(state)
 
-
-@contextlib.contextmanager
-def _locked(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "a") as lock:
-        try:
-            import fcntl
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        except ImportError:          # no fcntl (Windows): one process per cache file
-            pass
-        yield
-
-
 def _remember(key: tuple, chosen: str) -> None:
     """Add a new decision to the cache file, if one is in use."""
     path = _cache["path"]
     if path is None or not _cache["writable"]:
         return
     try:
-        with _locked(path):
+        with _lock(path):
             recorded = _read_cache(path)
             recorded[_key_string(key)] = chosen
-            temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-            temporary.write_text(json.dumps({"format": _CACHE_FORMAT, "decisions": recorded},
-                                            indent=0, sort_keys=True))
-            os.replace(temporary, path)
+            write_atomic(path, json.dumps({"format": _CACHE_FORMAT, "decisions": recorded},
+                                          indent=0, sort_keys=True))
     except (OSError, ValueError) as exc:
         _cache["writable"] = False
         warnings.warn(f"rstfast: could not update the autotune cache {path} ({exc}); it is no "
                       f"longer written in this process", RuntimeWarning, stacklevel=2)
-
 
 def _cache_from_environment() -> None:
     if _cache["from_env"]:
@@ -264,7 +232,6 @@ def _cache_from_environment() -> None:
     if setting and setting.lower() not in ("0", "off", "none"):
         use_cache(default_cache_path() if setting.lower() in ("1", "on", "default") else setting)
 
-
 # ------------------------------------------------------------------------- probing inputs
 def _generator(device: torch.device) -> torch.Generator:
     """The private generator of ``device``, reseeded: the same probe inputs every decision."""
@@ -272,7 +239,6 @@ def _generator(device: torch.device) -> torch.Generator:
     if key not in _generators:
         _generators[key] = torch.Generator(device=device)
     return _generators[key].manual_seed(0)
-
 
 class _Probe:
     """Inputs of one decision (private random x, the layer's own weight and bias) and the trusted
@@ -322,7 +288,6 @@ class _Probe:
                                              self.basis.to(exact))
         return self._trusted
 
-
 def _verify(backend: backends.Backend, probe: _Probe) -> Optional[str]:
     """None if ``backend`` computes the reference's numbers on the probe, else what is wrong."""
     if backend.name == "reference":
@@ -343,7 +308,6 @@ def _verify(backend: backends.Backend, probe: _Probe) -> Optional[str]:
                     f"(tolerance {tolerance:.0e})")
     return None
 
-
 def _time(run, rounds: int) -> float:
     run()
     best = math.inf
@@ -352,7 +316,6 @@ def _time(run, rounds: int) -> float:
         run()
         best = min(best, time.perf_counter() - start)
     return best
-
 
 def _measure(backend: backends.Backend, probe: _Probe) -> float:
     leaves = probe.leaves()
@@ -366,11 +329,9 @@ def _measure(backend: backends.Backend, probe: _Probe) -> float:
             torch.cuda.synchronize(device)
     return _time(run, ROUNDS)
 
-
 # ------------------------------------------------------------------------------- choosing
 def _key(x: torch.Tensor, geo: Geometry, dtype, autocast: bool, backward: bool) -> tuple:
     return (geo.encoded, tuple(x.shape), dtype, str(x.device), autocast, backward)
-
 
 def choose(x: torch.Tensor, weight, basis, bias, geo: Geometry) -> backends.Backend:
     """The backend ``auto`` runs this call on (decided once per key, then cached)."""
@@ -390,7 +351,6 @@ def choose(x: torch.Tensor, weight, basis, bias, geo: Geometry) -> backends.Back
         name = decision.chosen
     return backends.resolve(name, x.device, dtype, autocast, fallback=False)
 
-
 @torch.compiler.assume_constant_result
 def _traced_choice(geo_key: str, dtype_name: str, device: str, autocast: bool,
                    backward: bool) -> str:
@@ -403,7 +363,6 @@ def _traced_choice(geo_key: str, dtype_name: str, device: str, autocast: bool,
                                                                   backward):
             return decision.chosen
     return backends.resolve("auto", device, dtype, autocast).name
-
 
 def _candidates(device: torch.device, dtype: torch.dtype,
                 autocast: bool) -> Dict[str, backends.Backend]:
@@ -418,14 +377,12 @@ def _candidates(device: torch.device, dtype: torch.dtype,
             continue
     return found
 
-
 def _reject(decision: Decision, name: str, reason: str, device: torch.device) -> None:
     decision.rejected[name] = reason
     _distrusted[(name, str(device))] = reason
     warnings.warn(f"rstfast: auto does not use backend {name!r} on {device} for "
                   f"{_describe(decision.key)}: {reason}; it is not offered again on {device} in "
                   f"this process", RuntimeWarning, stacklevel=5)
-
 
 def _first_verified(decision: Decision, order: List[str], candidates, probe: _Probe,
                     device: torch.device) -> Optional[str]:
@@ -438,7 +395,6 @@ def _first_verified(decision: Decision, order: List[str], candidates, probe: _Pr
             return name
         _reject(decision, name, reason, device)
     return None
-
 
 def _decide(key: tuple, x, weight, basis, bias, geo: Geometry) -> Decision:
     _cache_from_environment()

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -27,8 +26,9 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 from . import autotune, backends, golden, ops
-from .cli import Parser, UsageError, guarded
+from .cli import Parser, UsageError, check_backend, check_device, guarded
 from .geometry import group_geometry, lifting_geometry
+from .machine import device_name
 from .reference.bases import steerable_basis
 
 __all__ = ["Case", "CASES", "Row", "run_checks", "main"]
@@ -223,20 +223,9 @@ def run_checks(device, backend_names: Optional[Sequence[str]] = None,
                     rows.append(_check_golden(name, dtype, file, device))
                     log(_format_row(rows[-1]))
     picks = _auto_picks(device)
-    return {"device": str(device), "machine": _machine(device), "torch": torch.__version__,
+    return {"device": str(device), "machine": device_name(device), "torch": torch.__version__,
             "rows": [asdict(row) for row in rows], "not_run": skipped, "auto": picks,
             "passed": bool(rows) and all(row.passed for row in rows)}
-
-
-def _machine(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    cpu = platform.processor() or platform.machine()
-    if os.path.exists("/proc/cpuinfo"):
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return cpu
 
 
 _HEADER = f"{'backend':<10} {'dtype':<9} {'case':<44} {'max error':>10} {'tolerance':>9} " \
@@ -272,18 +261,11 @@ def _main(argv=None) -> int:
                                          + args.register))
     except (ValueError, ImportError) as exc:
         raise UsageError(f"--register: {exc}") from None
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(device)
-    except RuntimeError:
-        raise UsageError(f"--device: expected cpu or cuda[:N], got {args.device!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device: cuda requested but torch sees no CUDA device")
-    unknown = [name for name in args.backends or () if name not in backends.names()[:-1]]
-    if unknown:
-        raise UsageError(f"--backends: expected names from {backends.names()[:-1]}, got "
-                         f"{unknown}")
-    print(f"rstfast.check on {device} ({_machine(device)}), torch {torch.__version__}")
+    device = check_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    for name in args.backends or ():
+        if check_backend(name, "--backends") == "auto":
+            raise UsageError("--backends: 'auto' picks among the others; name concrete backends")
+    print(f"rstfast.check on {device} ({device_name(device)}), torch {torch.__version__}")
     print(_HEADER)
     report = run_checks(device, args.backends, with_golden=not args.no_golden)
     for name, reason in report["not_run"].items():

@@ -13,7 +13,7 @@ PACKAGE = REPO / "rstfast"
 
 # Lowest first. Modules not listed (models, data, training, tools) sit above all of these.
 LAYERS = (
-    ("rstfast._checks", "rstfast.geometry", "rstfast.flops", "rstfast.filters",
+    ("rstfast._checks", "rstfast.files", "rstfast.machine", "rstfast.geometry", "rstfast.flops", "rstfast.filters",
      "rstfast.reference"),
     ("rstfast.contract", "rstfast.csrc", "rstfast.fft", "rstfast.triton"),
     ("rstfast.backends",),
