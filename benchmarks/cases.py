@@ -1,11 +1,11 @@
 """Benchmark cases: every conv layer of the paper models, whole training steps, FLOP counts.
 
-Shapes follow ``spec/models.md`` (the ``_56`` models: a 28x28 digit upsampled to 56x56, then
+Shapes follow ``docs/models.md`` (the ``_56`` models: a 28x28 digit upsampled to 56x56, then
 56 -> 28 -> 14 pixels between the three conv layers, channels 1 -> 32 -> 63 -> 95, ``K = 15``,
 padding 7, ``effective_size = 7``, scales ``[1.7, 2.45, 3.54, 5.1]`` or ``[1.0]`` for RES).
 Layers shared by several models (same shapes and basis) are one case.
 
-FLOPs per spec ``layers.md`` §5, counted two ways: ``dense`` (every tap of the ``K x K`` filter and the
+FLOPs per ``docs/layers.md`` §5, counted two ways: ``dense`` (every tap of the ``K x K`` filter and the
 zero-padded scales, what the original executes) and ``nonzero`` (only taps inside the per-scale support
 ``n_s`` and real scales). Filter expansion is included. Forward+backward = forward + input gradient
 (a conv of the same size, only when the input requires grad) + weight gradient (a conv of the same
@@ -176,7 +176,7 @@ def layer_run(case: LayerCase, backend: str, batch: int, device, backward: bool)
         for leaf in leaves:
             leaf.grad = None
 
-    return step, setup, layer_flops(case, batch, inputs["geometry"].support, backward)
+    return step, setup, layer_flops(case, batch, inputs["geometry"], backward)
 
 
 def train_run(model_name: str, layer_backend: str, batch: int, device):
@@ -231,28 +231,15 @@ def case_from_spec(spec: dict) -> LayerCase:
     return LayerCase(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()})
 
 
-def roto_scale_flops(batch: int, in_channels: int, out_channels: int, num_rotations: int,
-                     kernel_size: int, num_funcs: int, out_pixels: int, support: Sequence[int],
-                     rotation_size: int = 1, scale_size: int = 1) -> Dict[str, int]:
-    """Forward FLOPs of one lifting (``Lr = Ls = 1``) or group conv, ``{"conv", "expand"}`` per way.
-
-    ``dense``: conv ``2*B*O*C*Lr*Ls*T*K^2*H'W'``, expansion ``2*O*C*Lr*Ls*F*T*K^2``;
-    ``nonzero``: ``T*K^2`` -> ``R*sum_s n_s^2`` per offset, zero-padded scales dropped from the conv.
-    """
-    num_scales = len(support)
-    taps_dense = num_rotations * num_scales * kernel_size ** 2
-    taps_support = num_rotations * sum(n * n for n in support)
-    taps_real_scales = num_rotations * sum(
-        n * n * sum(1 for j in range(scale_size) if s + j < num_scales)
-        for s, n in enumerate(support))
-    per_tap_conv = 2 * batch * out_channels * in_channels * out_pixels
-    per_tap_expand = 2 * out_channels * in_channels * num_funcs
-    return {
-        "dense": {"conv": per_tap_conv * rotation_size * scale_size * taps_dense,
-                  "expand": per_tap_expand * rotation_size * scale_size * taps_dense},
-        "nonzero": {"conv": per_tap_conv * rotation_size * taps_real_scales,
-                    "expand": per_tap_expand * rotation_size * scale_size * taps_support},
-    }
+def roto_scale_flops(geo, x_shape: Sequence[int]) -> Dict[str, Dict[str, float]]:
+    """Forward FLOPs of one lifting or group conv, ``{"conv", "expand"}`` per way, from the one
+    FLOP model (:mod:`rstfast.flops`): ``dense`` (every tap of ``T*K^2`` per offset) and
+    ``nonzero`` (the support boxes, reads of zero scales dropped)."""
+    from rstfast import flops
+    return {"dense": {"conv": flops.dense(geo, x_shape),
+                      "expand": flops.expansion(geo, cropped=False)},
+            "nonzero": {"conv": flops.direct(geo, x_shape),
+                        "expand": flops.expansion(geo, cropped=True)}}
 
 
 def plain_flops(macs: int) -> Dict[str, Dict[str, int]]:
@@ -270,24 +257,18 @@ def total_flops(forward: Dict[str, Dict[str, int]], backward: bool,
     return totals
 
 
-def layer_flops(case: LayerCase, batch: int, support: Sequence[int], backward: bool) -> Dict[str, int]:
-    basis = _basis(case.basis_type, case.num_rotations, case.scales)
-    forward = roto_scale_flops(batch, case.in_channels, case.out_channels, case.num_rotations,
-                               KERNEL_SIZE, basis.shape[0], case.size * case.size, support,
-                               case.rotation_size, case.scale_size)
-    return total_flops(forward, backward)
+def layer_flops(case: LayerCase, batch: int, geo, backward: bool) -> Dict[str, int]:
+    x_shape = (batch, case.in_channels, *(() if case.kind == "lift" else (case.num_groups,)),
+               case.size, case.size)
+    return total_flops(roto_scale_flops(geo, x_shape), backward)
 
 
-def module_flops(module: torch.nn.Module,
+def module_flops(module: torch.nn.Module, x: torch.Tensor,
                  output: torch.Tensor) -> Optional[Dict[str, Dict[str, int]]]:
-    """Forward FLOPs of one call of a conv / linear module (None for other modules)."""
+    """Forward FLOPs of one call of a conv / linear module on ``x`` (None for other modules)."""
     from rstfast.nn import GroupConv, LiftingConv
-    batch = output.shape[0]
     if isinstance(module, (LiftingConv, GroupConv)):
-        return roto_scale_flops(batch, module.in_channels, module.out_channels,
-                                module.num_rotations, module.kernel_size, module.num_funcs,
-                                output.shape[-1] * output.shape[-2], module.support,
-                                getattr(module, "rotation_size", 1), getattr(module, "scale_size", 1))
+        return roto_scale_flops(module.geometry, x.shape)
     if isinstance(module, torch.nn.Conv2d):
         return plain_flops(output.numel() * module.in_channels // module.groups
                            * module.kernel_size[0] * module.kernel_size[1])
@@ -308,7 +289,7 @@ class FlopCounter:
 
     def _hook(self, module, inputs, output):
         self.handles.pop(module).remove()
-        forward = module_flops(module, output)
+        forward = module_flops(module, inputs[0], output)
         if forward is not None:
             self.records.append((forward, inputs[0].requires_grad))
 

@@ -128,7 +128,7 @@ def measure_layer(case: cases.LayerCase, batch: int, rounds: int) -> dict:
             for name in ("cpp", "fft")}
     inputs = cases.layer_inputs(case, batch, "cpu", requires_grad=False)
     geo, x = inputs["geometry"], inputs["x"]
-    buffer = filter_math.expand(inputs["weight"], inputs["basis"], geo)
+    buffer = filter_math.expand_cropped(inputs["weight"], inputs["basis"], geo)
     grad_y = torch.randn(geo.out_shape(x.shape))
     plan = fft._plan(geo, x.shape)
     best = defaultdict(lambda: math.inf)

@@ -54,7 +54,7 @@ def _cudnn_tf32(enabled: bool):
 
 @contextlib.contextmanager
 def _triton_tf32():
-    from rstfast.kernels import jit
+    from rstfast.triton import jit
     previous, jit.ALLOW_TF32 = jit.ALLOW_TF32, True
     try:
         yield

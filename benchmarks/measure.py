@@ -21,6 +21,8 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
+from rstfast.machine import cpu_name
+
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _MMAP_THRESHOLD_BYTES = 64 * 1024
 _CLEAR_REFS = "/proc/self/clear_refs"
@@ -133,7 +135,7 @@ def machine_info(device: torch.device) -> Dict[str, object]:
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
     else:
-        name = _cpu_name()
+        name = cpu_name()
     return {
         "device": str(device), "device_name": name, "torch": torch.__version__,
         "triton": triton_version, "python": platform.python_version(),
@@ -143,12 +145,3 @@ def machine_info(device: torch.device) -> Dict[str, object]:
     }
 
 
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"

@@ -1,4 +1,5 @@
-"""The original RST-CNN algorithm, re-implemented from ``spec/layers.md`` §1 and §2.4: the speed baseline.
+"""The original RST-CNN algorithm, re-implemented from ``docs/layers.md`` §1 and §2.4: the speed
+baseline.
 
 It follows the original step by step (and so matches its float32 outputs bit for bit on the same
 machine), with the functional backend contract of :mod:`rstfast.backends`, so it plugs in beside

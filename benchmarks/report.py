@@ -101,7 +101,7 @@ def _header(data: dict, device: str) -> List[str]:
         + " (inputs and parameters excluded; a training step's gradients and the Adam state it "
         "creates included). GFLOP: dense = every filter tap and "
         "zero-padded scale (what the original executes); non-zero = taps inside the per-scale "
-        "support only (spec layers.md §5), filter expansion included, backward = input-gradient "
+        "support only (docs/layers.md §5), filter expansion included, backward = input-gradient "
         "+ weight-gradient passes. Speed-up vs X = median time of X / median time of the backend "
         "(same run). `reference` is the expand-the-filter + grouped conv2d way; `original` is "
         "the original algorithm (benchmarks/original.py).",

@@ -4,9 +4,11 @@ Every error names the argument, the value received and what was expected.
 """
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Sequence
 
+import numpy as np
 import torch
 
 
@@ -24,22 +26,43 @@ def at_most(name: str, value: int, limit_name: str, limit: int) -> None:
         raise ValueError(f"{name}: expected at most {limit_name} = {limit}, got {value}")
 
 
-def float_list(name: str, values) -> list:
-    if isinstance(values, (str, bytes)) or not isinstance(values, (Sequence, torch.Tensor)):
-        raise TypeError(f"{name}: expected a non-empty list of floats, got {values!r}")
-    values = [float(v) for v in values]
+def positive_float(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected a positive float, got {value!r} "
+                        f"({type(value).__name__})")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name}: expected a positive finite float, got {value!r}")
+    return float(value)
+
+
+def float_list(name: str, values, positive: bool = False) -> list:
+    """A non-empty sequence of finite floats (``positive``: all > 0) as a list."""
+    what = "positive finite floats" if positive else "finite floats"
+    sequence = isinstance(values, (Sequence, np.ndarray, torch.Tensor))
+    if isinstance(values, (str, bytes)) or not sequence:
+        raise TypeError(f"{name}: expected a non-empty list of {what}, got {values!r}")
+    try:
+        values = [float(v) for v in values]
+    except (TypeError, ValueError):
+        raise TypeError(f"{name}: expected a non-empty list of {what}, got {values!r}") from None
     if not values:
-        raise ValueError(f"{name}: expected a non-empty list of floats, got []")
+        raise ValueError(f"{name}: expected a non-empty list of {what}, got []")
+    if not all(math.isfinite(v) and (v > 0 or not positive) for v in values):
+        raise ValueError(f"{name}: expected a non-empty list of {what}, got {values}")
     return values
 
 
+def odd_kernel_size(name: str, value) -> int:
+    """An odd int >= 3 (the basis is centred)."""
+    value = positive_int(name, value, 3)
+    if value % 2 == 0:
+        raise ValueError(f"{name}: expected an odd int (the basis is centred), got {value}")
+    return value
+
+
 def kernel_sizes(kernel_size, effective_size) -> tuple:
-    kernel_size = positive_int("kernel_size", kernel_size)
+    kernel_size = odd_kernel_size("kernel_size", kernel_size)
     effective_size = positive_int("effective_size", effective_size)
-    if kernel_size % 2 == 0:
-        raise ValueError(f"kernel_size: expected an odd int (the basis is centred), got {kernel_size}")
-    if kernel_size < 3:
-        raise ValueError(f"kernel_size: expected an odd int >= 3, got {kernel_size}")
     if effective_size > kernel_size:
         raise ValueError(f"effective_size: expected at most kernel_size = {kernel_size} "
                          f"(effective_size**2 basis functions on a {kernel_size}x{kernel_size} "

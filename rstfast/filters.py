@@ -1,7 +1,7 @@
 """Cropped filters from coefficients and back: the one filter expansion of every fast backend.
 
-:func:`expand` builds the flat filter buffer of :mod:`rstfast.geometry` (per scale ``s`` a block
-``[A, R, O, C, n_s, n_s]``) with one batched matmul per scale; :func:`contract` maps a gradient of
+:func:`expand_cropped` builds the flat filter buffer of :mod:`rstfast.geometry` (per scale ``s`` a block
+``[A, R, O, C, n_s, n_s]``) with one batched matmul per scale; :func:`contract_cropped` maps a gradient of
 that buffer to the gradient of the coefficients. Neither forms the dense ``[..., T, K, K]`` filter.
 Both run in the buffer's dtype (:func:`rstfast.geometry.filter_dtype`) with autocast off.
 """
@@ -13,7 +13,7 @@ import torch
 
 from .geometry import Geometry, filter_dtype
 
-__all__ = ["cropped_basis", "expand", "contract"]
+__all__ = ["cropped_basis", "expand_cropped", "contract_cropped"]
 
 
 def cropped_basis(basis: torch.Tensor, geo: Geometry, dtype: torch.dtype) -> List[torch.Tensor]:
@@ -36,7 +36,7 @@ def _coefficients(weight: torch.Tensor, geo: Geometry, dtype: torch.dtype) -> to
     return coeffs.transpose(0, 1)
 
 
-def expand(weight: torch.Tensor, basis: torch.Tensor, geo: Geometry) -> torch.Tensor:
+def expand_cropped(weight: torch.Tensor, basis: torch.Tensor, geo: Geometry) -> torch.Tensor:
     """weight ``[O, C, F]`` / ``[O, C, A, F]``, basis ``[F, T, K, K]`` -> flat filter buffer."""
     dtype = filter_dtype(weight.dtype)
     buffer = torch.empty(geo.filter_numel, dtype=dtype, device=weight.device)
@@ -50,7 +50,7 @@ def expand(weight: torch.Tensor, basis: torch.Tensor, geo: Geometry) -> torch.Te
     return buffer
 
 
-def contract(grad_filters: torch.Tensor, basis: torch.Tensor, geo: Geometry) -> torch.Tensor:
+def contract_cropped(grad_filters: torch.Tensor, basis: torch.Tensor, geo: Geometry) -> torch.Tensor:
     """Gradient of the filter buffer -> gradient of the coefficients ``geo.weight_shape()``
     (the buffer's dtype)."""
     dtype = grad_filters.dtype

@@ -19,25 +19,29 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import yaml  # noqa: E402
 
-from .data.cli import Parser, UsageError, guarded  # noqa: E402
+from . import results as rsresults  # noqa: E402
+from .cli import Parser, UsageError, check_output_folder, guarded  # noqa: E402
 
 
-def load_results(path) -> List[dict]:
-    """The runs of a results.yml (a YAML list of dicts)."""
-    if not Path(path).is_file():
-        raise UsageError(f"results: {path} not found (expected a results.yml written by rstfast-train)")
-    runs = yaml.safe_load(Path(path).read_text()) or []
-    if not isinstance(runs, list):
-        raise UsageError(f"results: expected a YAML list of runs in {path}, got {type(runs).__name__}")
-    return runs
+def load_metrics(path) -> dict:
+    """A metrics JSON written by rstfast-train (``{"model", "basis", "epochs": [...]}``)."""
+    try:
+        run = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise UsageError(f"--metrics: cannot read {path}: {' '.join(str(exc).split())}") from None
+    except ValueError as exc:
+        raise UsageError(f"--metrics: {path} is not JSON ({exc})") from None
+    if not isinstance(run, dict) or not isinstance(run.get("epochs"), list) or "model" not in run:
+        raise UsageError(f"--metrics: {path} is not a metrics file of rstfast-train (expected "
+                         f"'model' and a list 'epochs')")
+    return run
 
 
 def plot_accuracy(results_path, out_png) -> Path:
     """Test accuracy (%) per ``model [basis]`` of every run in ``results_path``."""
     groups = defaultdict(list)
-    for run in load_results(results_path):
+    for run in rsresults.load(results_path):
         label = run["model"] + (f" [{run['basis']}]" if run.get("basis") else "")
         groups[label].append(100.0 * float(run["acc"]))
     labels = sorted(groups)
@@ -59,7 +63,7 @@ def plot_curves(metrics_paths, out_png) -> Path:
     """Training loss and train/val accuracy per epoch of each metrics JSON."""
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     for path in metrics_paths:
-        run = json.loads(Path(path).read_text())
+        run = load_metrics(path)
         epochs = [e["epoch"] for e in run["epochs"]]
         name = run["model"] + (f" [{run['basis']}]" if run.get("basis") else "")
         ax_loss.plot(epochs, [e["train_loss"] for e in run["epochs"]], label=name)
@@ -121,7 +125,9 @@ def build_parser() -> Parser:
 
 def _main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    print(plot_accuracy(args.results, args.out or Path(args.results).with_suffix(".png")))
+    out = Path(args.out or Path(args.results).with_suffix(".png"))
+    check_output_folder(out.parent, "--out").mkdir(parents=True, exist_ok=True)
+    print(plot_accuracy(args.results, out))
     if args.metrics:
         print(plot_curves(args.metrics, Path(args.metrics[0]).with_suffix(".curves.png")))
     return 0

@@ -1,18 +1,22 @@
 """The paper's experiment grid: every model × basis on RS-MNIST and RS-Fashion-MNIST, N seeds.
 
 ``python -m rstfast.reproduce --preset cpu`` (or ``rstfast-reproduce``) trains each run of the grid
-with :mod:`rstfast.train` in this process, one after the other, and ends with a Markdown table (test
-accuracy mean ± std over seeds per model × basis × dataset, seconds per epoch, parameters) and a
-PNG plot. It is resumable: a run already in the results file is skipped, an interrupted run
-continues from its checkpoint. A failed run is reported and the grid goes on (exit code 1 at the
-end). ``--table-only results.yml`` makes the table and the plot from an existing results file.
+with :mod:`rstfast.train` — in this process one after the other, in ``--jobs N`` worker processes,
+or as a SLURM job array (``--launcher submitit``; :mod:`rstfast.launch`) — and ends with a Markdown
+table (test accuracy mean ± std over seeds per model × basis × dataset, seconds per epoch,
+parameters) and a PNG plot. It is resumable and safe to run twice at once on one folder: a run
+already in the results file is skipped, one being trained by another process is waited for, an
+interrupted run continues from its checkpoint. A failed run is reported and the grid goes on (exit
+code 1 at the end). ``--table-only results.yml`` makes the table and the plot from an existing
+results file; ``--list`` shows the state of every run.
 
 Presets (:data:`PRESETS`, the one place to change them): ``paper`` (the original protocol, for a
 GPU), ``cpu`` (reduced: the ``_28`` models, fewer images and epochs) and ``quickstart`` (the CNN and
 the RST-CNN on the same data and budget; ``scripts/quickstart.sh``).
 
 Output folder (``--out``, default ``./runs/reproduce-<preset>``): ``results.yml``, ``table.md``,
-``accuracy.png`` and ``models/`` (best model, checkpoint and metrics of each run).
+``accuracy.png``, ``models/`` (best model, checkpoint and metrics of each run), ``logs/`` (one per
+run with ``--jobs``), ``submitit/`` (job files and logs with ``--launcher submitit``).
 """
 from __future__ import annotations
 
@@ -28,33 +32,41 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from .data import dataset_dir, locate
-from .data.generate import DEFAULT_SCALE
-from .data.cli import Parser, UsageError, guarded
+from .data.generate import DEFAULT_SCALE, resolve_sizes
+from . import launch, results as rsresults
+from .cli import Parser, UsageError, check_backend, check_device, check_output_folder, guarded
 from .equivariance.transforms import Transform
 from .train import DATASETS, duration
 
 
 @dataclass(frozen=True)
 class Entry:
-    """One model × basis of the paper (``model`` without the dataset prefix, ``{size}`` = 28/56)."""
+    """One model × basis of the paper (``model`` without the dataset prefix, ``{size}`` = 28/56);
+    ``seconds``: its seconds per epoch in the ``cpu`` preset (``_28``, 500 training images, batch
+    32) on the README's 2-core Xeon, which orders the runs longest first and gives the first ETA."""
     key: str
     label: str
     model: str
     basis: Optional[str]
+    seconds: float
 
 
 # The paper's models (seed README, "Models in paper"); SESN and SDCF share an architecture.
 GRID: Tuple[Entry, ...] = (
-    Entry("cnn", "CNN", "cnn_{size}", None),
-    Entry("rdcf", "RDCF", "res_scalar_{size}_rot_8", "D1"),
-    Entry("sevf", "SEVF", "sevf_scalar_{size}", None),
-    Entry("sesn", "SESN", "ses_scalar_{size}_rot_1", "C"),
-    Entry("sdcf", "SDCF", "ses_scalar_{size}_rot_1", "G"),
-    Entry("rst-e", "RST-CNN", "ses_scalar_{size}_rot_8", "E"),
-    Entry("rst-g", "RST-CNN", "ses_scalar_{size}_rot_8", "G"),
-    Entry("rst-ir-e", "RST-CNN inter-rotation", "ses_vector_{size}_rot_8_interrot_4", "E"),
-    Entry("rst-ir-g", "RST-CNN inter-rotation", "ses_vector_{size}_rot_8_interrot_4", "G"),
+    Entry("cnn", "CNN", "cnn_{size}", None, 0.6),
+    Entry("rdcf", "RDCF", "res_scalar_{size}_rot_8", "D1", 5.8),
+    Entry("sevf", "SEVF", "sevf_scalar_{size}", None, 6.7),
+    Entry("sesn", "SESN", "ses_scalar_{size}_rot_1", "C", 2.7),
+    Entry("sdcf", "SDCF", "ses_scalar_{size}_rot_1", "G", 2.4),
+    Entry("rst-e", "RST-CNN", "ses_scalar_{size}_rot_8", "E", 19.4),
+    Entry("rst-g", "RST-CNN", "ses_scalar_{size}_rot_8", "G", 17.1),
+    Entry("rst-ir-e", "RST-CNN inter-rotation", "ses_vector_{size}_rot_8_interrot_4", "E", 52.1),
+    Entry("rst-ir-g", "RST-CNN inter-rotation", "ses_vector_{size}_rot_8_interrot_4", "G", 51.2),
 )
+# Entry.seconds is an epoch of the cpu preset: 500 training images and 500 validation images, an
+# evaluation (forward only) costing about a third of a training image.
+CPU_PRESET_IMAGES = 500 + 500 / 3
+STARTUP_S = 10.0        # a run's fixed cost: process start, imports, data, first-call measuring
 ENTRIES = {entry.key: entry for entry in GRID}
 MODEL_PREFIX = {"rs-mnist": "mnist", "rs-mnist-5k": "mnist", "rs-fmnist": "fmnist"}
 DATASET_TITLES = {"rs-mnist": "RS-MNIST", "rs-mnist-5k": "RS-MNIST (5k subset)",
@@ -96,13 +108,34 @@ PRESETS: Dict[str, Preset] = {
 
 @dataclass(frozen=True)
 class Run:
+    """One training run of the grid: ``number`` in the plan (1-based), ``argv`` the
+    :mod:`rstfast.train` flags, ``data_dir`` the folder the trainer reads, ``cost_s`` its
+    estimated seconds on the README's 2-core Xeon (:attr:`Entry.seconds` per image, scaled to the
+    epochs, split sizes and input size, plus :data:`STARTUP_S`)."""
+    number: int
     entry: Entry
     dataset: str
     seed: int
     model: str
-    argv: Tuple[str, ...]        # rstfast.train flags
-    data_dir: str                # the folder the trainer will read
+    argv: Tuple[str, ...]
+    data_dir: str
     save_model_path: str
+    cost_s: float
+
+    @property
+    def label(self) -> str:
+        return (f"{self.entry.label} {self.model}"
+                + (f" (basis {self.entry.basis})" if self.entry.basis else "") + f" seed {self.seed}")
+
+    def train_argv(self, results_path, device: Optional[str] = None) -> List[str]:
+        """The trainer's flags for this run, ``--continue`` included (``device``: another device
+        than the preset's)."""
+        return (list(self.argv) + ["--save_model_path", self.save_model_path, "--results",
+                                   str(results_path), "--continue"] + (["--device", device] if device else []))
+
+    def flags(self) -> argparse.Namespace:
+        from . import train
+        return train.build_parser().parse_args(list(self.argv))
 
 
 def resolve_datasets(datasets: Sequence[str], data_root, log) -> Tuple[str, ...]:
@@ -119,8 +152,10 @@ def resolve_datasets(datasets: Sequence[str], data_root, log) -> Tuple[str, ...]
     return tuple(resolved)
 
 
-def plan(preset: Preset, tag: str, out: Path, data_root: str, backend: str, log=print) -> List[Run]:
-    """The runs of ``preset``: dataset, then model, then seed."""
+def plan(preset: Preset, tag: str, out: Path, data_root: str, backend: str, log=print,
+         autotune_cache: Optional[str] = None) -> List[Run]:
+    """The runs of ``preset``: dataset, then model, then seed (``autotune_cache``: the
+    trainer's ``--autotune-cache``, left out of the run's identity)."""
     runs = []
     sizes = preset.sizes
     for dataset in resolve_datasets(preset.datasets, data_root, log):
@@ -139,14 +174,21 @@ def plan(preset: Preset, tag: str, out: Path, data_root: str, backend: str, log=
                 if entry.basis is not None:
                     argv += ["--basis", entry.basis]
                 digest = hashlib.sha256(json.dumps(argv).encode()).hexdigest()[:10]
+                if autotune_cache is not None:
+                    argv += ["--autotune-cache", autotune_cache]
                 save = out / "models" / f"{model}_{entry.basis or 'nobasis'}_seed{seed}_{digest}.pt"
                 folder = dataset_dir(data_root, DATASETS[dataset], seed, *DEFAULT_SCALE, sizes)
-                runs.append(Run(entry, dataset, seed, model, tuple(argv), str(folder), str(save)))
+                train, val, test = resolve_sizes(DATASETS[dataset], sizes)
+                per_image = entry.seconds / CPU_PRESET_IMAGES * (preset.size / 28) ** 2
+                cost = STARTUP_S + per_image * (preset.epochs * (train + val / 3) + test / 3)
+                runs.append(Run(len(runs) + 1, entry, dataset, seed, model, tuple(argv), str(folder),
+                                str(save), cost))
     return runs
 
 
-def same_run(run: Run, result: dict, args) -> bool:
+def same_run(run: Run, result: dict) -> bool:
     """Whether a results.yml entry is ``run`` (tag, model, basis, dataset, seed, budget, data)."""
+    args = run.flags()
     return (result.get("tag") == args.tag and result.get("model") == args.model
             and result.get("basis") == run.entry.basis and result.get("dataset") == run.dataset
             and result.get("seed") == args.seed and result.get("epochs") == args.epochs
@@ -154,40 +196,53 @@ def same_run(run: Run, result: dict, args) -> bool:
             and result.get("data_dir") == run.data_dir)
 
 
-def load_results(path) -> List[dict]:
-    """The runs of ``path``; none if it does not exist yet."""
-    from .plot import load_results as load
-    return load(path) if Path(path).is_file() else []
+def finder(results_path: Path):
+    """``done(run)``: the results.yml entry of ``run`` (the last if several), None if none."""
+    def done(run: Run) -> Optional[dict]:
+        found = [r for r in rsresults.load(results_path, missing_ok=True) if same_run(run, r)]
+        return found[-1] if found else None
+    return done
 
 
-def execute(runs: List[Run], results_path: Path, log=print) -> List[str]:
-    """Train every run not yet in ``results_path``; return the failures (one line each)."""
-    from . import train
-    failures, start = [], time.time()
-    for number, run in enumerate(runs, 1):
-        args = train.build_parser().parse_args(
-            list(run.argv) + ["--save_model_path", run.save_model_path, "--results", str(results_path)])
-        what = (f"[{number}/{len(runs)}] {run.entry.label} {run.model}"
-                + (f" (basis {run.entry.basis})" if run.entry.basis else "") + f" seed {run.seed}")
-        done = [r for r in load_results(results_path) if same_run(run, r, args)]
-        if done:
-            log(f"{what}: in {results_path} (test accuracy {100 * done[-1]['acc']:.2f}%), skipped")
-            continue
-        checkpoint = train.checkpoint_paths(run.save_model_path)[0]
-        if checkpoint.is_file():
-            args.resume = ""
-        log(f"{what}: {'resuming' if checkpoint.is_file() else 'training'}; grid elapsed "
-            f"{duration(time.time() - start)}")
-        try:
-            train.check_args(args)
-            result = train.run(args)
-            log(f"{what}: test accuracy {100 * result['acc']:.2f}%, "
-                f"{result['seconds_per_epoch']:.1f} s/epoch, backend {result['backend']}")
-        except Exception as exc:  # a failed run is reported, the grid goes on
-            message = " ".join(f"{type(exc).__name__}: {exc}".split())
-            failures.append(f"{what}: {message}")
-            log(f"{what}: FAILED: {message}")
-    return failures
+def prepare_datasets(runs: List[Run], data_root: str, log=print) -> Tuple[List[Run], List[str]]:
+    """Generate (or reuse) every dataset of ``runs`` here, before workers start; returns the runs
+    whose data is ready and one failure line per run whose data could not be made."""
+    from .data import DataError, prepare
+    ready, failures, broken = [], [], {}
+    for run in runs:
+        key = (run.dataset, run.seed)
+        if key not in broken:
+            args = run.flags()
+            try:
+                prepare(DATASETS[run.dataset], data_root, data_root, run.seed,
+                        (args.train_size, args.val_size, args.test_size), origin=args.origin,
+                        download=args.download, log=log)
+                broken[key] = None
+            except (DataError, UsageError) as exc:
+                broken[key] = " ".join(str(exc).split())
+        if broken[key] is None:
+            ready.append(run)
+        else:
+            failures.append(f"[{run.number}] {run.label}: data: {broken[key]}")
+            log(f"[{run.number}] {run.label}: FAILED: data: {broken[key]}")
+    return ready, failures
+
+
+def execute(runs: List[Run], results_path: Path, jobs: int = 1, device: str = "cpu",
+            log_dir: Optional[Path] = None, log=print) -> List[str]:
+    """Train every run not yet in ``results_path``: in this process (``jobs`` 1) or in ``jobs``
+    worker processes (longest run first); return the failures (one line each)."""
+    if jobs == 1:
+        return launch.run_grid(runs, [launch.Slot("this process")], launch.InProcess(results_path),
+                               finder(results_path), len(runs), log)
+    data_root = runs[0].flags().data_root if runs else "."
+    ready, failures = prepare_datasets(runs, data_root, log)
+    ready = sorted(ready, key=lambda run: -run.cost_s)
+    slots = launch.local_slots(device, jobs)
+    log(f"rstfast.reproduce: {jobs} workers: " + "; ".join(slot.name for slot in slots)
+        + f"; logs in {log_dir}")
+    return failures + launch.run_grid(ready, slots, launch.Workers(results_path, log_dir),
+                                      finder(results_path), len(runs), log)
 
 
 # Prediction stability after the grid: two exact-on-the-grid rotations of R = 8 and one zoom.
@@ -200,7 +255,8 @@ def stability(runs: List[Run], count: int, backend: str, device: str, out: Path,
     print the table, write ``<out>/stability.json``."""
     import torch
     from .data import BACKGROUND, load_split, normalize
-    from .equivariance import load_model, prediction_stability, report as eq_report
+    from .equivariance import prediction_stability, report as eq_report
+    from .models.checkpoint import load_model
     results = {}
     for run in runs:
         label = f"{run.entry.label}{' [' + run.entry.basis + ']' if run.entry.basis else ''} {run.model} seed {run.seed}"
@@ -291,7 +347,7 @@ def side_by_side(rows: List[dict], datasets: List[str]) -> List[str]:
 
 def report(results_path: Path, out: Path, log=print) -> Tuple[Path, Path]:
     """Write ``table.md`` and ``accuracy.png`` into ``out`` from ``results_path``; print the table."""
-    results = load_results(results_path)
+    results = rsresults.load(results_path, missing_ok=True)
     if not results:
         raise UsageError(f"results: {results_path} holds no runs (expected results.yml lines "
                          f"written by rstfast-train)")
@@ -328,6 +384,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model input size: 56 (the paper's, upsampled) or 28")
     p.add_argument("--device", default=None, help="default: the preset's (paper: cuda, else cpu)")
     p.add_argument("--backend", default="auto", help="rstfast backend of every layer")
+    p.add_argument("--autotune-cache", dest="autotune_cache", default=None, metavar="PATH",
+                   help="the trainer's --autotune-cache: auto's decisions file (default: the "
+                        "machine's; 'none': each run decides for itself)")
     p.add_argument("--data-root", dest="data_root", default="./datasets")
     p.add_argument("--out", default=None, help="output folder (default ./runs/reproduce-<preset>)")
     p.add_argument("--results", default=None, help="results file (default <out>/results.yml)")
@@ -336,10 +395,36 @@ def build_parser() -> argparse.ArgumentParser:
                    help="after the grid, the prediction stability of every trained model on the "
                         "first N test images (0: none; default: the preset's, quickstart 500)")
     p.add_argument("--list", action="store_true",
-                   help="print the runs and whether they are done; train nothing")
+                   help="print the runs and their state (done, being trained, resumable, to do); "
+                        "train nothing")
     p.add_argument("--table-only", dest="table_only", metavar="RESULTS", default=None,
                    help="only make the table and plot from this results.yml (into --out, default "
                         "its folder)")
+    run = p.add_argument_group("where the runs train")
+    run.add_argument("--jobs", type=int, default=1, metavar="N",
+                     help="N worker processes on this machine, longest run first (GPU i mod #GPUs "
+                          "each, or a share of the CPU cores each); 1: in this process")
+    run.add_argument("--launcher", choices=("local", "submitit"), default="local",
+                     help="submitit: every run a task of one SLURM job array (checkpointed and "
+                          "requeued on timeout or preemption)")
+    run.add_argument("--submitit-cluster", dest="submitit_cluster", default=None,
+                     choices=("slurm", "local", "debug"),
+                     help="submitit's executor (default: slurm where sbatch is found, else local)")
+    run.add_argument("--slurm-partition", dest="slurm_partition", default=None, metavar="NAME")
+    run.add_argument("--slurm-gpus-per-task", dest="slurm_gpus_per_task", type=int, default=None,
+                     metavar="N")
+    run.add_argument("--slurm-cpus-per-task", dest="slurm_cpus_per_task", type=int, default=None,
+                     metavar="N", help="also the torch threads of each task")
+    run.add_argument("--slurm-time", dest="slurm_time", default="24:00:00", metavar="TIME",
+                     help="time limit per job (MM, HH:MM:SS or D-HH:MM:SS; default 24:00:00); a "
+                          "job that reaches it is requeued and resumes from its checkpoint")
+    run.add_argument("--slurm-array-parallelism", dest="slurm_array_parallelism", type=int,
+                     default=None, metavar="N", help="at most this many tasks of the array at once")
+    run.add_argument("--slurm-opt", dest="slurm_opt", nargs="+", default=[], metavar="KEY=VALUE",
+                     help="more sbatch options, e.g. account=proj qos=high constraint=a100")
+    run.add_argument("--no-wait", dest="wait", action="store_false",
+                     help="submitit: submit and return (see progress with --list, the table with "
+                          "--table-only <out>/results.yml)")
     return p
 
 
@@ -360,12 +445,26 @@ def preset_from(args) -> Preset:
             raise UsageError(f"--{name}: expected an int >= 1, got {getattr(preset, name)}")
     if preset.stability < 0:
         raise UsageError(f"--stability: expected an int >= 0, got {preset.stability}")
-    if preset.device.startswith("cuda"):
-        import torch
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {preset.device}: no CUDA GPU here (preset {args.preset} is "
-                             f"meant for one); pass --device cpu to run it on the CPU anyway")
+    if args.launcher == "local" and not args.list:  # submitit: checked where the jobs run
+        try:
+            check_device(preset.device)
+        except UsageError as exc:
+            if args.device is not None:
+                raise
+            raise UsageError(f"{exc} (the {args.preset} preset's device; --device cpu runs it on "
+                             f"the CPU anyway)") from None
     return preset
+
+
+def run_state(run: Run, done) -> str:
+    """``done``, ``being trained (pid host)``, ``resumable after epoch k`` or ``to do``."""
+    if done(run) is not None:
+        return "done"
+    lock = launch.run_lock(run)
+    if lock.is_held_elsewhere():
+        return f"being trained ({lock.holder()})"
+    epochs = launch.epochs_done(run)
+    return f"resumable after epoch {epochs}" if epochs else "to do"
 
 
 def _main(argv=None) -> int:
@@ -378,32 +477,44 @@ def _main(argv=None) -> int:
         report(results_path, Path(args.out) if args.out else results_path.parent, log)
         return 0
     preset = preset_from(args)
-    out = Path(args.out or f"./runs/reproduce-{args.preset}")
+    if args.jobs < 1:
+        raise UsageError(f"--jobs: expected an int >= 1, got {args.jobs}")
+    if args.jobs > 1 and args.launcher != "local":
+        raise UsageError(f"--jobs {args.jobs}: with --launcher {args.launcher} every run is a job "
+                         f"of its own; --jobs is for --launcher local")
+    out = check_output_folder(args.out or f"./runs/reproduce-{args.preset}")
+    check_output_folder(args.data_root, "--data-root")
     results_path = Path(args.results) if args.results else out / "results.yml"
     tag = args.tag or f"reproduce-{args.preset}"
-    from .backends import names
-    if args.backend not in names():
-        raise UsageError(f"--backend: expected one of {', '.join(names())}, got {args.backend!r}")
-    runs = plan(preset, tag, out, args.data_root, args.backend, log)
+    check_backend(args.backend)
+    rsresults.check_writable(results_path)
+    runs = plan(preset, tag, out, args.data_root, args.backend, log, args.autotune_cache)
     log(f"rstfast.reproduce: preset {args.preset} ({len(runs)} runs: "
         f"{len(preset.models)} models x {len(preset.datasets)} datasets x {preset.seeds} seeds; "
         f"{preset.epochs} epochs, batch {preset.batch_size}, device {preset.device}; "
         f"load average {', '.join(f'{x:.2f}' for x in os.getloadavg())}); results in {results_path}")
+    done = finder(results_path)
     if args.list:
-        from . import train
-        done = load_results(results_path)
-        for number, run in enumerate(runs, 1):
-            targs = train.build_parser().parse_args(list(run.argv))
-            state = "done" if any(same_run(run, r, targs) for r in done) else "to do"
-            log(f"[{number}/{len(runs)}] {state}: {' '.join(run.argv)}")
+        for run in runs:
+            log(f"[{run.number}/{len(runs)}] {run_state(run, done)}: {' '.join(run.argv)}")
         return 0
     out.mkdir(parents=True, exist_ok=True)
     tic = time.time()
-    failures = execute(runs, results_path, log)
+    if args.launcher == "submitit":
+        executor = launch.submitit_executor(
+            out / "submitit", args.submitit_cluster, f"rstfast-{tag}", args.slurm_time,
+            args.slurm_partition, args.slurm_gpus_per_task, args.slurm_cpus_per_task,
+            args.slurm_array_parallelism, args.slurm_opt)
+        ready, failures = prepare_datasets(runs, args.data_root, log)
+        failures += launch.submit(ready, executor, results_path, done, len(runs), args.wait, log)
+        if not args.wait:
+            return 0
+    else:
+        failures = execute(runs, results_path, args.jobs, preset.device, out / "logs", log)
     log(f"rstfast.reproduce: grid done in {duration(time.time() - tic)} ({len(failures)} failed)")
     for failure in failures:
         log(f"  failed: {failure}")
-    if load_results(results_path):
+    if rsresults.load(results_path, missing_ok=True):
         report(results_path, out, log)
     if preset.stability:
         stability(runs, preset.stability, args.backend, preset.device, out, log)

@@ -11,7 +11,7 @@ from rstfast.reference.bases import raw_steerable_basis, steerable_basis, suppor
 
 PAPER = dict(size=15, scales=[1.7, 2.45, 3.54, 5.1], effective_size=7, mult=1.5, max_order=4)
 ROTATION_TYPES = ["A1", "C", "D1", "E", "F", "G", "G1", "H", "I1"]
-BASIS_FILES = golden_names("basis_")
+BASIS_FILES = golden_names("original/basis_")
 
 
 def rotations(num):
@@ -155,7 +155,8 @@ def test_function_counts_and_quirks():
 
 
 def test_fourier_bessel_function_counts():
-    """Available FB functions per support half-width L1 (spec §4.3), from scipy's Bessel zeros."""
+    """Available FB functions per support half-width L1 (docs/bases.md §4.3), from scipy's
+    Bessel zeros."""
     counts = {half: fb_function_count(half, variant_d=False) for half in (1, 2, 3, 5, 7)}
     assert counts == {1: 6, 2: 61, 3: 127, 5: 278, 7: 431}
 

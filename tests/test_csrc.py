@@ -39,7 +39,7 @@ def test_first_call_loads_the_extension(cpp):
         from rstfast.geometry import group_geometry
         x, w, basis = torch.randn(1, 2, 4, 7, 7), torch.randn(3, 2, 1, 5), torch.randn(5, 4, 3, 3)
         geo = group_geometry(2, 3, basis, 4, 1, 1, 1, 1)
-        print(tuple(ext.conv_forward(x, filters.expand(w, basis, geo), None, geo).shape))
+        print(tuple(ext.conv_forward(x, filters.expand_cropped(w, basis, geo), None, geo).shape))
     """)
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=REPO)
@@ -128,7 +128,7 @@ BROKEN_BUILD_SCRIPT = textwrap.dedent("""
     warnings.simplefilter("always")
     with warnings.catch_warnings(record=True) as caught:
         module = backends.resolve("cpp", torch.device("cpu")).module
-        arrays, meta = load_golden("layer_group_E_rot8_Lr4_Ls1.npz")
+        arrays, meta = load_golden("original/layer_group_E_rot8_Lr4_Ls1.npz")
         a = meta["args"]
         layer = GroupConv(a["in_channels"], a["out_channels"], a["scale_size"],
                           a["rotation_size"], a["kernel_size"], a["effective_size"],

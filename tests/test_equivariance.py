@@ -1,7 +1,7 @@
 """Equivariance of the layers, on every backend (the ``backend`` fixture of tests/conftest.py).
 
 Rotation by 90 degrees is exact on the pixel grid: rotating the input rotates every output slice
-spatially and cyclically shifts the rotation axis by R/4 (``spec/layers.md`` §2.5). Translation is
+spatially and cyclically shifts the rotation axis by R/4 (``docs/layers.md`` §2.5). Translation is
 exact away from the borders. Scale equivariance is only approximate (discrete scales, finite support);
 its tolerance is documented in ``test_scale_equivariance_approximate``.
 """

@@ -13,7 +13,8 @@ import torch.nn as nn
 
 import rstfast.nn as rnn
 from rstfast import equivariance as eq, models
-from rstfast.equivariance.__main__ import main
+from rstfast.equivariance import report
+from rstfast.equivariance.__main__ import build_parser, main
 from test_equivariance import make_layers, rot, shift
 
 
@@ -123,6 +124,37 @@ def test_prediction_stability_fractions():
     assert all(0 <= v <= 1 for v in stable.values())
     assert stable["rot 90"] == 1.0 and stable["rot 180"] == 1.0
     assert all(0 <= row["accuracy"] <= 1 for row in out["transforms"])
+
+
+class OneClass(nn.Module):
+    """Always predicts class 2: stable under every transform, which proves nothing."""
+
+    def __init__(self):
+        super().__init__()
+        self.bias = nn.Parameter(torch.tensor([0.0, 0.0, 5.0], dtype=torch.float64))
+
+    def forward(self, x):
+        return self.bias.expand(len(x), 3)
+
+
+def test_a_model_predicting_one_class_is_flagged_beside_its_accuracy():
+    images = eq.smooth_inputs((1, 20, 20), 12, seed=3)
+    labels = torch.arange(12) % 3
+    flat = eq.prediction_stability(OneClass(), images, labels)
+    assert flat["degenerate"] and flat["top_class_share"] == 1.0 and flat["accuracy"] == pytest.approx(1 / 3)
+    assert all(row["stable"] == 1.0 for row in flat["transforms"])
+    varied = eq.prediction_stability(invariant_net(), images, labels)
+    assert not varied["degenerate"] and varied["top_class_share"] < eq.DEGENERATE_SHARE
+    table = report.format_stability_table({"one class": flat, "net": varied})
+    assert "one class !" in table and "net !" not in table
+    assert table.splitlines()[-1].startswith("! one class: 100 % of its predictions are one class")
+
+
+def test_angles_are_documented_as_degrees_not_radians():
+    assert "degrees" in eq.Transform.__doc__ and "radians" in eq.Transform.__doc__
+    assert "degrees" in eq.__doc__ and "radians" in eq.__doc__
+    angles = next(a for a in build_parser()._actions if a.dest == "angles")
+    assert "degrees" in angles.help and "radians" in angles.help
 
 
 def test_model_output_row_reports_invariance_and_agreement():

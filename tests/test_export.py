@@ -102,20 +102,53 @@ def test_torch_export_save_load_without_rstfast(paper_model, tmp_path):
     assert len(errors) == 2 and max(errors) <= 1e-5
 
 
-def test_onnx_export(paper_model, tmp_path):
+def test_onnx_export_with_a_dynamic_batch(paper_model, tmp_path):
+    """Exported at batch 2 with a dynamic batch axis (the README's recipe), run at batch 1 and 8."""
     onnx = pytest.importorskip("onnx", reason="the onnx package is not installed")
     pytest.importorskip("onnxscript", reason="torch.onnx.export(dynamo=True) needs onnxscript")
     x = torch.randn(2, 1, 28, 28)
-    torch.onnx.export(export(paper_model), (x,), tmp_path / "model.onnx", dynamo=True)
+    torch.onnx.export(export(paper_model), (x,), tmp_path / "model.onnx", dynamo=True,
+                      dynamic_shapes=({0: "batch"},))
     onnx.checker.check_model(str(tmp_path / "model.onnx"))
-    try:
-        import onnxruntime
-    except ImportError:
-        return
+    onnxruntime = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
     session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"))
-    (y,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    for batch in (1, 8):
+        xb = torch.randn(batch, 1, 28, 28)
+        (y,) = session.run(None, {session.get_inputs()[0].name: xb.numpy()})
+        with torch.no_grad():
+            assert rel_err(torch.from_numpy(y), paper_model(xb)) <= 1e-5
+
+
+def test_files_hold_coefficients_and_one_basis_not_dense_filters(tmp_path):
+    """The exported model stores each layer's coefficients and one basis for all its layers (the
+    dense filters only with expand=True): the .pt2 is about the parameters plus one basis."""
+    model = models.get("mnist_ses_scalar_28_rot_8", basis="E", backend="reference").eval()
+    x = torch.randn(2, 1, 28, 28)
+    sizes = {}
+    for expand in (False, True):
+        plain = export(model, expand=expand)
+        with torch.no_grad():
+            assert rel_err(plain(x), model(x)) <= TOLERANCE[torch.float32]
+        program = torch.export.export(plain, (x,))
+        torch.export.save(program, tmp_path / f"{expand}.pt2")
+        sizes[expand] = (tmp_path / f"{expand}.pt2").stat().st_size
+    parameters = sum(p.numel() for p in model.parameters()) * 4
+    basis = model.main[0].basis.numel() * 4
+    assert sizes[False] < 1.2 * (parameters + basis) < sizes[True] / 20
+
+
+@pytest.mark.parametrize("mode", ["reflect", "replicate", "circular"])
+def test_padding_modes_export(mode):
+    rotations = [2 * math.pi * r / 4 for r in range(4)]
+    model = nn.Sequential(
+        rnn.LiftingConv(2, 3, 7, 3, scales=[1.0, 1.4], rotations=rotations, padding=3, bias=True,
+                        basis_type="A1", padding_mode=mode, backend="reference"),
+        rnn.GroupConv(3, 2, 2, 2, 7, 3, scales=[1.0, 1.4], rotations=rotations, padding=2,
+                      stride=2, basis_type="A1", padding_mode=mode, backend="reference"),
+    ).double().eval()
+    x = torch.randn(2, 2, 11, 11, dtype=torch.float64)
     with torch.no_grad():
-        assert rel_err(torch.from_numpy(y), paper_model(x)) <= 1e-5
+        assert rel_err(export(model)(x), model(x)) <= TOLERANCE[torch.float64]
 
 
 class CallsFunctional(nn.Module):

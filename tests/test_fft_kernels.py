@@ -5,8 +5,8 @@ golden files, autocast, compile, opcheck) are checked with every other backend's
 ``test_backend_contract.py``.
 
 Kernel level: ``conv_forward`` / ``conv_backward`` on the filter buffer of
-``rstfast.filters.expand``; the filter gradient is compared as the coefficient gradient
-(``rstfast.filters.contract``) with autograd through ``rstfast.reference.functional`` in float64.
+``rstfast.filters.expand_cropped``; the filter gradient is compared as the coefficient gradient
+(``rstfast.filters.contract_cropped``) with autograd through ``rstfast.reference.functional`` in float64.
 """
 import math
 
@@ -85,12 +85,12 @@ def reference(x, weight, bias, basis, geo, grad_seed):
 
 def kernels(x, weight, bias, basis, geo, grad_seed, dtype):
     """``y, grad_x, grad_weight`` of the FFT kernels in ``dtype`` (x as given: any layout)."""
-    filters = filter_buffer.expand(weight.to(dtype), basis.to(dtype), geo)
+    filters = filter_buffer.expand_cropped(weight.to(dtype), basis.to(dtype), geo)
     y = fft.conv_forward(x.to(dtype), filters, bias.to(dtype), geo)
     grad_x, grad_filters = fft.conv_backward(grad_seed.to(dtype), x.to(dtype), filters, geo,
                                              True, True)
     assert grad_filters.shape == filters.shape and grad_filters.dtype == filters.dtype
-    return y, grad_x, filter_buffer.contract(grad_filters, basis.to(dtype), geo)
+    return y, grad_x, filter_buffer.contract_cropped(grad_filters, basis.to(dtype), geo)
 
 
 def check(x, weight, bias, basis, geo, dtype, what=""):
@@ -130,7 +130,7 @@ def test_input_layouts(layout):
         x = x.transpose(-1, -2).contiguous().transpose(-1, -2)
     assert not x.is_contiguous()
     check(x, weight, bias, basis, geo, torch.float32, layout)
-    filters = filter_buffer.expand(weight, basis, geo)
+    filters = filter_buffer.expand_cropped(weight, basis, geo)
     grad_y = torch.randn(geo.out_shape(x.shape), dtype=x.dtype)
     strided_grad = torch.randn(*grad_y.shape[:-1], 2 * grad_y.shape[-1], dtype=x.dtype)[..., ::2]
     strided_grad.copy_(grad_y)
@@ -179,7 +179,7 @@ def test_transform_size_is_minimal(monkeypatch):
 def test_filter_gradient_zero_in_unread_slots():
     """Slots (a, r) past the top scale (input_slice -1) get an exactly zero gradient."""
     x, weight, bias, basis, geo = make_problem(GROUP_CASES["G-R4S4-LrR-Ls2-p3"], lifting=False)
-    filters = filter_buffer.expand(weight, basis, geo)
+    filters = filter_buffer.expand_cropped(weight, basis, geo)
     grad_y = torch.randn(geo.out_shape(x.shape), dtype=x.dtype)
     _, grad_filters = fft.conv_backward(grad_y, x, filters, geo, False, True)
     unread = 0
@@ -197,7 +197,7 @@ def test_filter_gradient_zero_in_unread_slots():
 
 def test_only_requested_gradients():
     x, weight, bias, basis, geo = make_problem(LIFT_CASES["A1-R4S3-s2"], lifting=True)
-    filters = filter_buffer.expand(weight, basis, geo)
+    filters = filter_buffer.expand_cropped(weight, basis, geo)
     grad_y = torch.randn(geo.out_shape(x.shape), dtype=x.dtype)
     both = fft.conv_backward(grad_y, x, filters, geo, True, True)
     only_x = fft.conv_backward(grad_y, x, filters, geo, True, False)
@@ -223,7 +223,7 @@ def test_filter_spectrum_adjoint():
 
 def test_autocast_is_off_inside():
     x, weight, bias, basis, geo = make_problem(GROUP_CASES["E-R4S1-Lr2-s2-p1-wide"], False)
-    x, filters = x.float(), filter_buffer.expand(weight.float(), basis, geo)
+    x, filters = x.float(), filter_buffer.expand_cropped(weight.float(), basis, geo)
     plain = fft.conv_forward(x, filters, bias.float(), geo)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         under = fft.conv_forward(x, filters, bias.float(), geo)

@@ -18,7 +18,7 @@ BASIS_REL = 1e-6
 # float64 against the original run in float64: only summation order differs.
 F64_REL = 1e-11
 
-CONV_FILES = [n for n in golden_names("layer_") if "lift" in n or "group" in n]
+CONV_FILES = [n for n in golden_names("original/layer_") if "lift" in n or "group" in n]
 
 
 def run_layer(layer, arrays, dtype):
@@ -59,7 +59,7 @@ def test_conv_layer_float64(name):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_conv1x1(dtype):
-    arrays, meta = load_golden("layer_1x1_T32.npz")
+    arrays, meta = load_golden("original/layer_1x1_T32.npz")
     args = meta["args"]
     layer = rnn.SESConv_H_H_1x1(args["in_channels"], args["out_channels"], stride=args["stride"],
                                 num_scales=args["num_scales"], bias=args["bias"]).to(dtype)
@@ -72,7 +72,7 @@ def test_conv1x1(dtype):
 
 
 def test_max_projection():
-    arrays, _ = load_golden("layer_maxproj.npz")
+    arrays, _ = load_golden("original/layer_maxproj.npz")
     x = arrays["x"].clone().requires_grad_()
     y = rnn.SESMaxProjection()(x)
     (y * arrays["grad_seed"]).sum().backward()

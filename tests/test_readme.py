@@ -10,6 +10,7 @@
   main job's tests exercise.
 """
 import importlib
+import os
 import re
 import shlex
 import subprocess
@@ -27,7 +28,7 @@ PARSERS = {
     "rstfast.reproduce": "rstfast.reproduce", "rstfast.equivariance": "rstfast.equivariance.__main__",
     "rstfast.plot": "rstfast.plot", "rstfast.csrc.build": "rstfast.csrc.build",
     "benchmarks.report": "benchmarks.report", "benchmarks.scaling": "benchmarks.scaling",
-    "benchmarks.gpu": "benchmarks.gpu",
+    "benchmarks.gpu": "benchmarks.gpu", "benchmarks.paper_runs": "benchmarks.paper_runs", "rstfast.check": "rstfast.check",
 }
 ENTRY_POINTS = {"rstfast-train": "rstfast.train", "rstfast-data": "rstfast.data",
                 "rstfast-reproduce": "rstfast.reproduce"}
@@ -89,5 +90,64 @@ def test_bash_block_commands_exist_as_written(index, tmp_path):
                 pytest.fail(f"README command {' '.join(words)!r} is rejected by its parser "
                             f"(exit {exc.code})")
         else:
-            assert words[0] in ("pip", "apt-get", "torchrun", "cd", "export"), \
+            assert Path(words[0]).name in ("pip", "apt-get", "torchrun", "cd", "export"), \
                 f"README command {words} is neither checked nor known"
+
+
+# Flags whose value a command writes to, and where a command writes without them.
+OUTPUT_FLAGS = ("--out", "--results", "--save_model_path", "--dest", "--benchmark-json", "--json")
+DEFAULT_OUTPUTS = {"benchmarks.scaling": "benchmarks/results", "rstfast.equivariance": "equivariance"}
+
+
+def written_paths(module, args):
+    """The files and folders a README command writes (its output flags, the folder of the JSON
+    benchmarks.report writes beside, the default output of a command given none)."""
+    paths = [value for flag, value in zip(args, args[1:]) if flag in OUTPUT_FLAGS]
+    paths += [a.split("=", 1)[1] for a in args if a.split("=", 1)[0] in OUTPUT_FLAGS and "=" in a]
+    if module == "benchmarks.report":
+        paths += [str(Path(a).parent) for a in args if a.endswith(".json")]
+    if module in DEFAULT_OUTPUTS and not any(a.split("=", 1)[0] in OUTPUT_FLAGS for a in args):
+        paths.append(DEFAULT_OUTPUTS[module])
+    return paths
+
+
+def test_readme_commands_overwrite_no_tracked_file():
+    listed = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True)
+    if listed.returncode != 0:
+        pytest.skip("not a git checkout")
+    tracked = set(listed.stdout.splitlines())
+    checked = 0
+    for block in blocks("bash"):
+        for words in commands(block):
+            module, args = _module_and_args(words)
+            if module is None:
+                continue
+            for path in written_paths(module, args):
+                path = os.path.normpath(path)
+                clash = sorted(t for t in tracked if t == path or t.startswith(path + "/"))
+                assert not clash, f"README command {' '.join(words)!r} writes over tracked {clash[:3]}"
+                checked += 1
+    assert checked >= 5
+
+
+def test_readme_nan_note_is_what_the_backends_do():
+    """One NaN pixel: the direct backends make only the outputs over it NaN, fft every output of
+    that image; the other image of the batch stays finite."""
+    import math
+    import torch
+    from rstfast import backends
+    from rstfast.nn import LiftingConv
+    text = README.read_text()
+    assert "**NaN and infinity in the input.**" in text and "makes **every** output of that image NaN" in text
+    runnable = [b for b in ("reference", "cpp", "fft") if backends.available_backends("cpu").get(b) is None]
+    for backend in runnable:
+        layer = LiftingConv(1, 4, kernel_size=15, effective_size=7, scales=[1.7, 2.45, 3.54, 5.1],
+                            rotations=[r * math.pi / 4 for r in range(8)], padding=7, basis_type="E",
+                            mult=1.5, max_order=4, backend=backend)
+        x = torch.randn(2, 1, 28, 28)
+        x[0, 0, 14, 14] = float("nan")
+        with torch.no_grad():
+            nan = torch.isnan(layer(x))
+        share = nan[0].double().mean().item()
+        assert not nan[1].any(), backend
+        assert share == 1.0 if backend == "fft" else 0.05 < share < 0.35, (backend, share)

@@ -6,13 +6,20 @@ import pytest
 import torch
 import yaml
 
-from rstfast import reproduce, train
+from rstfast import reproduce, results as rsresults, train
 from rstfast.data import sources
 
 from test_data import trust, write_idx_source
 
 TINY = ["--preset", "cpu", "--models", "cnn", "sesn", "--epochs", "1", "--batch_size", "20",
         "--train-size", "40", "--val-size", "20", "--test-size", "20"]
+
+
+@pytest.fixture(autouse=True)
+def own_autotune_cache(tmp_path, monkeypatch):
+    """auto's decisions file (the machine's by default) in this test's folder, also for workers."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("RSTFAST_AUTOTUNE_CACHE", raising=False)
 
 
 @pytest.fixture
@@ -69,7 +76,7 @@ def test_grid_end_to_end_resumable_with_a_failed_run(tmp_path, data_root, monkey
 
 
 def test_table_and_plot_from_a_given_results_file(tmp_path, capsys):
-    lines = [train.results_line({"model": model, "acc": acc, "basis": basis, "dataset": dataset, "epochs": 2,
+    lines = [rsresults.entry_line({"model": model, "acc": acc, "basis": basis, "dataset": dataset, "epochs": 2,
                                  "elapsed_time": 10, "seconds_per_epoch": 5.0, "num_parameters": 494549})
              for model, basis, dataset, acc in (
                  ("mnist_ses_scalar_56_rot_8", "E", "rs-mnist", 0.9),
@@ -109,11 +116,25 @@ def test_presets_and_the_full_mnist_fallback(tmp_path, monkeypatch, capsys):
     resolved = reproduce.resolve_datasets(("rs-mnist", "rs-fmnist"), tmp_path, print)
     assert resolved == ("rs-mnist-5k", "rs-fmnist")
     assert "using the 5,000-digit subset" in capsys.readouterr().out
-    if not torch.cuda.is_available():  # the paper preset is for a GPU
-        assert reproduce.main(["--preset", "paper", "--list"]) == 2
+    if not torch.cuda.is_available():  # the paper preset is for a GPU; listing it needs none
+        assert reproduce.main(["--preset", "paper", "--out", str(tmp_path / "p")]) == 2
         assert "--device cuda: no CUDA GPU here" in capsys.readouterr().err
+        assert reproduce.main(["--preset", "paper", "--list", "--out", str(tmp_path / "p")]) == 0
+        assert capsys.readouterr().out.count("] to do: --model") == 108
     assert reproduce.main(["--seeds", "0", "--list"]) == 2
     assert "--seeds: expected an int >= 1, got 0" in capsys.readouterr().err
     assert reproduce.main(["--backend", "nope", "--list"]) == 2
     assert "--backend: expected one of" in capsys.readouterr().err
     assert sources.INSTALL_HINTS["debian"].startswith("apt-get install dataset-fashion-mnist")
+
+
+def test_paper_run_time_is_extrapolated_from_short_measurements(tmp_path, capsys):
+    from benchmarks import paper_runs
+    report = paper_runs.main(["--device", "cpu", "--models", "cnn", "--batch", "4", "--steps", "1",
+                              "--out", str(tmp_path / "paper.json")])
+    times = report["models"]["cnn"]
+    expected = 60 * (10000 / 4 * times["step_s"] + 2000 / 4 * times["eval_s"]) + 50000 / 4 * times["eval_s"]
+    assert times["run_s"]["rs-mnist"] == pytest.approx(expected)
+    assert set(times["run_s"]) == {"rs-mnist", "rs-fmnist"}
+    assert json.loads((tmp_path / "paper.json").read_text())["batch"] == 4
+    assert "| CNN | – | " in capsys.readouterr().out

@@ -1,5 +1,6 @@
 """rstfast.train: training loop, checkpoint/resume, results.yml, CLI errors, progress, plots."""
 import json
+import math
 import re
 import os
 import subprocess
@@ -12,14 +13,17 @@ import torch
 import torch.nn as nn
 import yaml
 
-from rstfast import backends, train
+from rstfast import backends, results as rsresults, train
 from rstfast.data.generate import npz_bytes
 
 REPO = Path(__file__).resolve().parents[1]
 ORIGINAL_FIELDS = ("model", "acc", "basis", "batch_size", "cuda", "data_dir", "dataset", "decay",
                    "elapsed_time", "epochs", "extra_scaling", "lr", "lr_gamma", "lr_steps", "momentum",
                    "nesterov", "num_parameters", "optim", "save_model_path", "tag", "time_per_epoch")
-ADDED_FIELDS = ("backend", "backend_requested", "device", "seed", "seconds_per_epoch", "source")
+ADDED_FIELDS = ("backend", "backend_requested", "device", "seed", "seconds_per_epoch", "source", "amp",
+                "world_size", "global_batch_size", "train_size", "val_size", "test_size", "best_epoch",
+                "run_id", "python_version", "rstfast_version", "torch_version", "backend_per_layer",
+                "autotune_cache")
 
 
 class TinyNet(nn.Module):
@@ -33,6 +37,13 @@ class TinyNet(nn.Module):
 
     def forward(self, x):
         return self.head(self.features(x))
+
+
+@pytest.fixture(autouse=True)
+def own_autotune_cache(tmp_path, monkeypatch):
+    """auto's decisions file of the trainer (the machine's by default) in this test's folder."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("RSTFAST_AUTOTUNE_CACHE", raising=False)
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +80,10 @@ def test_two_epochs_reduce_loss_and_write_results(tmp_path, data_dir, tiny_model
     out = capsys.readouterr().out
     assert "Epoch   1/  2| Train Acc@1: " in out and "| Val Acc@1: " in out and "Test Acc" not in out
     assert "| Elapsed: " in out and "| ETA: " in out
-    assert "  epoch 1/2: batch 1/10, " in out and "training pass ~" in out  # stderr is no terminal here
+    # stderr is no terminal here: progress lines; the first batch (auto's one-off measuring) is
+    # not used for the time left
+    assert "  epoch 1/2: batch 1/10, " in out and "first batch (includes auto's one-off measuring" in out
+    assert "  epoch 1/2: batch 2/10, " in out and "training pass ~" in out
     lines = (tmp_path / "results.yml").read_text().splitlines()
     assert len(lines) == 1 and lines[0].startswith("- {model: 'tiny', acc: ")
     (entry,) = yaml.safe_load(lines[0])
@@ -80,9 +94,26 @@ def test_two_epochs_reduce_loss_and_write_results(tmp_path, data_dir, tiny_model
     assert entry["dataset"] == "unknown" and entry["source"] == "unknown"
     assert entry["backend"] == train.NO_RSTFAST_LAYERS and entry["basis"] is None
     assert entry["backend_requested"] == "auto" and entry["seconds_per_epoch"] > 0
+    assert entry["backend_per_layer"] == {} and entry["autotune_cache"].endswith(".json")
     assert entry["lr_steps"] == [20, 40] and entry["num_parameters"] == 482 and entry["seed"] == 0
     best = torch.load(tmp_path / "run" / "model.pt")
     assert set(best) == set(TinyNet().state_dict())
+
+
+def test_eta_leaves_the_first_epoch_out():
+    assert train.eta([30.0, 2.0, 4.0], 5) == 15.0       # the first epoch measured every layer shape
+    assert train.eta([30.0], 2) == 60.0                  # nothing else known yet
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="--cuda without a GPU")
+def test_cuda_flag_without_a_gpu_records_the_cpu(tmp_path, data_dir, tiny_model, capsys):
+    results = run_cli(tmp_path, data_dir, "--epochs", "1", "--cuda", "--no-train-eval")
+    assert results["cuda"] is False and results["device"] == "cpu"
+    assert "--cuda: no CUDA GPU here; training on the CPU" in capsys.readouterr().out
+    (entry,) = yaml.safe_load((tmp_path / "results.yml").read_text())
+    assert entry["cuda"] is False and entry["world_size"] == 1 and entry["global_batch_size"] == 16
+    assert (entry["train_size"], entry["val_size"], entry["test_size"]) == (160, 40, 40)
+    assert entry["torch_version"] == torch.__version__ and entry["amp"] is False
 
 
 def test_results_line_matches_the_original_format():
@@ -93,14 +124,14 @@ def test_results_line_matches_the_original_format():
                "num_parameters": 494549, "optim": "adam",
                "save_model_path": "./saved_models/mnist/mnist_cnn_56_extra_scaling_0.5.pt",
                "tag": "sesn_experiments", "time_per_epoch": 2}
-    assert train.results_line(dict(reversed(list(example.items())))) == (
+    assert rsresults.entry_line(dict(reversed(list(example.items())))) == (
         "- {model: 'mnist_cnn_56', acc: 0.89276, basis: 'D1', batch_size: 128, cuda: true, data_dir: "
         "'./datasets/MNIST_scale/seed_0/scale_0.3_1.0', dataset: 'scale_mnist', decay: 0.0001, "
         "elapsed_time: 110, epochs: 45, extra_scaling: 0.5, lr: 0.01, lr_gamma: 0.1, lr_steps: [30], "
         "momentum: 0.9, nesterov: false, num_parameters: 494549, optim: 'adam', save_model_path: "
         "'./saved_models/mnist/mnist_cnn_56_extra_scaling_0.5.pt', tag: 'sesn_experiments', "
         "time_per_epoch: 2}\n")
-    assert train.results_line({"model": "m", "basis": None}) == "- {model: 'm', basis: null}\n"
+    assert rsresults.entry_line({"model": "m", "basis": None}) == "- {model: 'm', basis: null}\n"
 
 
 def test_resume_gives_bitwise_identical_weights(tmp_path, data_dir, tiny_model):
@@ -146,10 +177,10 @@ def test_resume_rejects_other_settings(tmp_path, data_dir, tiny_model):
 
 @pytest.mark.parametrize("argv, message", [
     (["--model", "mnist_cnn_2"], "--model: unknown model 'mnist_cnn_2'; did you mean mnist_cnn_28"),
-    (["--model", "mnist_cnn_28", "--backend", "nope"], "--backend: expected one of reference, "),
+    (["--model", "mnist_cnn_28", "--backend", "nope"], "--backend: expected one of ('reference', "),
     (["--model", "mnist_cnn_28", "--epochs", "0"], "--epochs: expected an int >= 1, got 0"),
     (["--model", "mnist_cnn_28", "--extra_scaling", "-1"], "--extra_scaling: expected a float > 0"),
-    (["--model", "mnist_cnn_28", "--data_dir", "/nonexistent"], "/nonexistent/train.npz not found"),
+    (["--model", "mnist_cnn_28", "--data_dir", "/nonexistent"], "--data_dir: /nonexistent is not a folder"),
     (["--model", "mnist_cnn_28", "--origin", "cloud"], "argument --origin: invalid choice: 'cloud'"),
     (["--model", "mnist_ses_scalar_28_rot_1", "--basis", "Z", "--data_dir", "DATA"], "--basis Z: "),
 ])
@@ -243,3 +274,105 @@ def test_two_process_cpu_training_with_torchrun(tmp_path, data_dir):
     assert done.stdout.count("Epoch   1/  1|") == 1  # only rank 0 prints
     (entry,) = yaml.safe_load((tmp_path / "results.yml").read_text())
     assert entry["model"] == "mnist_cnn_28" and 0.0 <= entry["acc"] <= 1.0
+    assert entry["world_size"] == 2 and entry["batch_size"] == 40 and entry["global_batch_size"] == 80
+
+
+class TinyRST(nn.Module):
+    """LiftingConv -> GroupConv -> max projection -> dropout -> linear, every layer ``backend``:
+    auto's measuring, its decisions and the dropout RNG in one small model."""
+
+    def __init__(self, backend="auto"):
+        super().__init__()
+        from rstfast.nn import GroupConv, GroupMaxProjection, LiftingConv
+        common = dict(kernel_size=7, effective_size=3, scales=[1.0, 1.5], mult=1.5, max_order=2,
+                      rotations=[r * math.pi / 2 for r in range(4)], padding=3, basis_type="E",
+                      backend=backend)
+        self.lift = LiftingConv(1, 2, stride=2, **common)
+        self.group = GroupConv(2, 2, scale_size=1, rotation_size=2, **common)
+        self.head = nn.Sequential(GroupMaxProjection(), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
+                                  nn.Flatten(), nn.Dropout(0.3), nn.Linear(8, 10))
+
+    def forward(self, x):
+        return self.head(self.group(self.lift(x)))
+
+
+@pytest.fixture
+def small_data(tmp_path):
+    """50 training images: batch 16 leaves a partial last batch of 2 (a shape auto meets late)."""
+    rng = np.random.default_rng(1)
+    for split, n in (("train", 50), ("val", 20), ("test", 20)):
+        (tmp_path / f"{split}.npz").write_bytes(npz_bytes(rng.integers(0, 255, (n, 28, 28)).astype(np.uint8),
+                                                          np.arange(n) % 10))
+    return tmp_path
+
+
+@pytest.fixture
+def measuring_auto(monkeypatch):
+    """auto measures every candidate (nothing pruned by the cost model) and starts from nothing."""
+    from rstfast import autotune
+    monkeypatch.delenv("RSTFAST_AUTOTUNE", raising=False)
+    monkeypatch.setattr(autotune, "PRUNE", math.inf)
+    monkeypatch.setattr(train, "build_model", lambda name, basis, backend: TinyRST(backend))
+    backends.clear_cache()
+    yield autotune
+    backends.clear_cache()
+
+
+def final_state(tmp_path, name):
+    return torch.load(tmp_path / name / "model.ckpt", weights_only=True)
+
+
+def assert_same_run(a, b):
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    assert [h["train_loss"] for h in a["history"]] == [h["train_loss"] for h in b["history"]]
+    assert [h["val_acc"] for h in a["history"]] == [h["val_acc"] for h in b["history"]]
+
+
+def test_auto_measuring_leaves_the_random_streams_alone(tmp_path, small_data, measuring_auto):
+    """Same seed: the run in which auto measures (its first calls, the partial last batch, eval)
+    equals the same run on the backends it picked, measuring nothing: same data order, dropout
+    masks, losses, weights, and the same global RNG state afterwards."""
+    common = ("--epochs", "2", "--no-train-eval", "--model", "mnist_cnn_28", "--autotune-cache", "none")
+    run_cli(tmp_path, small_data, *common, name="measured")
+    after_measuring = torch.get_rng_state()
+    measured = [d for d in measuring_auto.decisions() if d.method == "measured"]
+    assert len(measured) >= 4, measuring_auto.explain()   # lift, group x train, partial batch, eval
+    count = len(measuring_auto.decisions())
+    run_cli(tmp_path, small_data, *common, name="picked")   # decisions cached: nothing measured
+    assert len(measuring_auto.decisions()) == count
+    assert_same_run(final_state(tmp_path, "measured"), final_state(tmp_path, "picked"))
+    assert torch.equal(after_measuring, torch.get_rng_state())
+
+
+def test_resume_with_auto_is_bitwise(tmp_path, small_data, measuring_auto):
+    """Interrupted after epoch 1 (partial last batch in every epoch), resumed in a "new process"
+    (auto's decisions forgotten; no decisions file, so they come from the checkpoint): the same
+    weights, losses and accuracies as the uninterrupted run."""
+    common = ("--epochs", "2", "--lr_steps", "1", "--no-train-eval", "--model", "mnist_cnn_28",
+              "--autotune-cache", "none")
+    whole = run_cli(tmp_path, small_data, *common, name="whole")
+    assert run_cli(tmp_path, small_data, *common, "--stop-after", "1", name="split") is None
+    backends.clear_cache()                                   # what a new process starts from
+    resumed = run_cli(tmp_path, small_data, *common, "--resume", name="split")
+    assert_same_run(final_state(tmp_path, "whole"), final_state(tmp_path, "split"))
+    assert resumed["acc"] == whole["acc"] and resumed["backend"] == whole["backend"]
+    assert resumed["backend_per_layer"] == whole["backend_per_layer"]
+    assert set(whole["backend_per_layer"]) == {"lift", "group"}
+    assert not [d for d in measuring_auto.decisions() if d.method == "measured"]  # all from the checkpoint
+
+
+def test_the_same_command_twice_gives_the_same_numbers(tmp_path, small_data, measuring_auto):
+    """The machine's decisions file (here in the test's folder): the second run, in a "new
+    process", makes the first run's picks without measuring, and gets the first run's numbers."""
+    common = ("--epochs", "1", "--no-train-eval", "--model", "mnist_cnn_28")
+    first = run_cli(tmp_path, small_data, *common, name="first")
+    cache = measuring_auto.default_cache_path()
+    assert first["autotune_cache"] == str(cache) and str(tmp_path / "cache") in str(cache)
+    recorded = json.loads(cache.read_text())["decisions"]
+    assert len(recorded) >= 4
+    backends.clear_cache()
+    second = run_cli(tmp_path, small_data, *common, name="second")
+    assert {d.method for d in measuring_auto.decisions()} == {"recorded"}
+    assert_same_run(final_state(tmp_path, "first"), final_state(tmp_path, "second"))
+    assert second["acc"] == first["acc"] and second["backend_per_layer"] == first["backend_per_layer"]

@@ -69,7 +69,7 @@ def _compile(kernel, config_index, precision, arch, flag):
     from triton.runtime.jit import JITFunction
 
     module_name, kernel_name, pointers, flag_name = KERNELS[kernel]
-    module = importlib.import_module("rstfast.kernels." + module_name)
+    module = importlib.import_module("rstfast.triton." + module_name)
     assert len(module._CONFIGS) == NUM_CONFIGS, "update NUM_CONFIGS"
     config = module._CONFIGS[config_index]
     element, input_precision = PRECISIONS[precision]

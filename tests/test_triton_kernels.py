@@ -12,9 +12,9 @@ pytest.importorskip("triton")
 
 from conftest import DEVICE                                                  # noqa: E402
 from test_backend_contract import CASES, forward_backward, make_case, reference  # noqa: E402
-import rstfast.kernels as tk                                                # noqa: E402
+import rstfast.triton as tk                                                # noqa: E402
 from rstfast import ops                                                     # noqa: E402
-from rstfast.kernels import rs_conv_bwd                                     # noqa: E402
+from rstfast.triton import rs_conv_bwd                                     # noqa: E402
 
 pytestmark = pytest.mark.skipif(tk.unavailable_reason(torch.device(DEVICE)) is not None,
                                 reason=str(tk.unavailable_reason(torch.device(DEVICE))))

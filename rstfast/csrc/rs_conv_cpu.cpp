@@ -1,10 +1,10 @@
 // CPU roto-scale convolutions on the cropped filter buffer: one convolution per (input slice,
 // scale) job.
 //
-// A job is one input slice q with every (output slice t, offset a) pair of scale s that reads it
-// (Geometry::input_slice(t, a) == q): lifting: q = 0 and all rotations of scale s; group: q read
-// by t = r*S + s through a. The job's filter stacks the pairs' slots (a, r) of scale s's block
-// [A, R, O, C, n_s, n_s] as a conv2d weight [O * pairs, C, n_s, n_s] (output channel
+// A job is one input slice q with every reader (output slice t, offset a) of scale s (the
+// geometry's reader table: lifting: q = 0 and all rotations of scale s; group: q read by
+// t = r*S + s through a). The job's filter stacks the pairs' slots (a, r) of scale s (each a
+// conv2d weight [O, C, n_s, n_s]) as one conv2d weight [O * pairs, C, n_s, n_s] (output channel
 // o * pairs + k), so one convolution of x[:, :, q] (ATen/oneDNN, threads =
 // torch.get_num_threads()) yields [B, O, pairs, H'*W'] in y's layout with t -> t_k: written with
 // one index_copy_ (bias folded in) when every slice has one writer (lifting), else index_add_.
@@ -27,23 +27,24 @@ struct Job {
   int64_t in_slice;                 // input slice q
   int64_t scale;                    // scale s of every pair
   std::vector<int64_t> out_slices;  // t_k
-  std::vector<int64_t> slots;       // a_k * R + r_k: the pair's slot in the block of scale s
+  std::vector<int64_t> slots;       // the pair's slot (a_k, r_k): its start in the buffer
 };
 
+// Per input slice q (in order), its readers grouped by scale (scales in order).
 std::vector<Job> make_jobs(const Geometry& g) {
-  std::map<std::pair<int64_t, int64_t>, Job> by_slice_and_scale;
-  for (int64_t t = 0; t < g.group_size(); ++t) {
-    const int64_t s = g.scale_of(t);
-    for (int64_t a = 0; a < g.offsets(); ++a) {
-      const int64_t q = g.input_slice(t, a);
-      if (q < 0) continue;
-      Job& job = by_slice_and_scale.try_emplace({q, s}, Job{q, s, {}, {}}).first->second;
-      job.out_slices.push_back(t);
-      job.slots.push_back(a * g.num_rotations + g.rotation_of(t));
-    }
-  }
+  const TableView view = g.view();
   std::vector<Job> jobs;
-  for (auto& entry : by_slice_and_scale) jobs.push_back(std::move(entry.second));
+  for (int64_t q = 0; q < g.in_slices(); ++q) {
+    std::map<int64_t, Job> by_scale;
+    for (int64_t k = view.reader_begin(q); k < view.reader_end(q); ++k) {
+      const int64_t t = view.reader(k) / g.offsets(), a = view.reader(k) % g.offsets();
+      const int64_t s = g.scale_of(t);
+      Job& job = by_scale.try_emplace(s, Job{q, s, {}, {}}).first->second;
+      job.out_slices.push_back(t);
+      job.slots.push_back(view.slot_start(s, a, g.rotation_of(t)));
+    }
+    for (auto& entry : by_scale) jobs.push_back(std::move(entry.second));
+  }
   return jobs;
 }
 
@@ -51,30 +52,30 @@ at::Tensor index_tensor(const std::vector<int64_t>& values) {
   return at::tensor(values, at::TensorOptions().dtype(at::kLong));
 }
 
-// Scale s's block of the buffer as [A*R, O, C*n*n] (a view).
-at::Tensor block_by_slot(const at::Tensor& filters, const Geometry& g, int64_t s) {
-  const int64_t slots = g.offsets() * g.num_rotations, n = g.support[s];
-  return filters.narrow(0, g.block_offset[s], slots * g.slot_numel(s))
-      .view({slots, g.out_channels, g.in_channels * n * n});
+// The slot starting at `start` of scale s as [O, C*n*n] (a view).
+at::Tensor slot(const at::Tensor& filters, const Geometry& g, int64_t s, int64_t start) {
+  return filters.narrow(0, start, g.slot_numel(s)).view({g.out_channels, -1});
 }
 
 // The job's conv2d weight [O * pairs, C, n, n] (output channel o * pairs + k): each pair's slot
 // [O, C*n*n] copied once into its place.
 at::Tensor job_filter(const at::Tensor& filters, const Geometry& g, const Job& job) {
-  const int64_t n = g.support[job.scale], pairs = job.slots.size();
-  const at::Tensor block = block_by_slot(filters, g, job.scale);
-  at::Tensor filter = at::empty({g.out_channels, pairs, block.size(2)}, filters.options());
-  for (int64_t k = 0; k < pairs; ++k) filter.select(1, k).copy_(block[job.slots[k]]);
+  const int64_t n = g.view().support(job.scale), pairs = job.slots.size();
+  at::Tensor filter = at::empty({g.out_channels, pairs, g.in_channels * n * n}, filters.options());
+  for (int64_t k = 0; k < pairs; ++k) {
+    filter.select(1, k).copy_(slot(filters, g, job.scale, job.slots[k]));
+  }
   return filter.view({g.out_channels * pairs, g.in_channels, n, n});
 }
 
 // Zero the slots (a, r) no output reads through (s + j >= S): the kernels write all others.
 void zero_unread_slots(at::Tensor& grad_filters, const Geometry& g) {
+  const TableView view = g.view();
   for (int64_t t = 0; t < g.group_size(); ++t) {
     for (int64_t a = 0; a < g.offsets(); ++a) {
-      if (g.input_slice(t, a) >= 0) continue;
-      block_by_slot(grad_filters, g, g.scale_of(t))[a * g.num_rotations + g.rotation_of(t)]
-          .zero_();
+      if (view.input_slice(t, a) >= 0) continue;
+      const int64_t s = g.scale_of(t);
+      slot(grad_filters, g, s, view.slot_start(s, a, g.rotation_of(t))).zero_();
     }
   }
 }
@@ -173,9 +174,10 @@ std::tuple<at::Tensor, at::Tensor> conv_backward_cpu(const at::Tensor& grad_y, c
         {g.stride, g.stride}, {pad, pad}, {1, 1}, false, {0, 0}, 1, {need_x, need_filters, false});
     if (need_x) job_input(grad_x, g, job).first.add_(grad_input);
     if (need_filters) {
-      const at::Tensor block = block_by_slot(grad_filters, g, job.scale);
       const at::Tensor per_pair = grad_filter.view({g.out_channels, pairs, -1});
-      for (int64_t k = 0; k < pairs; ++k) block[job.slots[k]].copy_(per_pair.select(1, k));
+      for (int64_t k = 0; k < pairs; ++k) {
+        slot(grad_filters, g, job.scale, job.slots[k]).copy_(per_pair.select(1, k));
+      }
     }
   }
   // An op output must not be a view: the lifting gradient is copied out of its 5-D buffer.

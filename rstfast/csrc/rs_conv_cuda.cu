@@ -5,9 +5,10 @@
 //               q = input_slice(t, a), skipped when -1) and input channel c the block stages the
 //               input tile and the 8 filters of (o-block, c) from slot (a, r) of scale s in shared
 //               memory; each thread accumulates 8 output channels of one pixel.
-// grad input:   grid (input tiles of 16x16, T_in * ceil(C / 8), B). For every (t, a) with
-//               input_slice(t, a) == q and every o, the block stages the grad_y tile and the 8
-//               filters of (o, c-block); each thread gathers 8 input channels of one pixel.
+// grad input:   grid (input tiles of 16x16, T_in * ceil(C / 8), B). For every reader (t, a) of
+//               input slice q (the geometry's reader table) and every o, the block stages the
+//               grad_y tile and the 8 filters of (o, c-block); each thread gathers 8 input
+//               channels of one pixel.
 // grad filters: grid (C * A, O, T). The block accumulates the n*n tap gradients of (t, a, o, c)
 //               over batch and pixels and writes them to their place in the buffer (each element
 //               has one writer: no atomics).
@@ -130,43 +131,43 @@ __global__ void grad_input_kernel(const T* __restrict__ grad_y, const float* __r
   const int hi = h0 + ty, wi = w0 + tx;
 
   float acc[kChannelBlock] = {};
-  for (int t = 0; t < g.out_slices; ++t) {
-    for (int a = 0; a < g.offsets; ++a) {
-      if (g.input_slice(t, a) != q) continue;            // uniform over the block
-      const int s = t % g.num_scales, r = t / g.num_scales;
-      const int n = g.support(s), shift = g.crop(s) - g.padding;
-      // Outputs ho with ho*stride + u + shift inside this input tile, for some tap u < n.
-      const int ho_lo = floor_div(h0 - (n - 1) - shift, g.stride);
-      const int wo_lo = floor_div(w0 - (n - 1) - shift, g.stride);
-      for (int o = 0; o < g.out_channels; ++o) {
-        const T* plane = grad_y + ((static_cast<long long>(b) * g.out_channels + o) * g.out_slices +
-                                   t) * g.out_height * g.out_width;
-        for (int idx = threadIdx.x; idx < grad_span * grad_span; idx += blockDim.x) {
-          const int gh = ho_lo + idx / grad_span, gw = wo_lo + idx % grad_span;
-          const bool inside = gh >= 0 && gh < g.out_height && gw >= 0 && gw < g.out_width;
-          grad_tile[idx] = inside ? to_float(plane[static_cast<long long>(gh) * g.out_width + gw])
-                                  : 0.f;
-        }
-        stage_filters(filters_tile, filters, g, s, a, r, o, c0, false);
-        __syncthreads();
-        if (hi < g.height && wi < g.width) {
-          for (int u = 0; u < n; ++u) {
-            const int hh = hi - u - shift;
-            if (((hh % g.stride) + g.stride) % g.stride != 0) continue;
-            const int row = hh / g.stride - ho_lo;
-            for (int v = 0; v < n; ++v) {
-              const int ww = wi - v - shift;
-              if (((ww % g.stride) + g.stride) % g.stride != 0) continue;
-              const float gv = grad_tile[row * grad_span + ww / g.stride - wo_lo];
+  // The readers (t, a) of input slice q: uniform over the block.
+  for (int64_t k = g.tables.reader_begin(q); k < g.tables.reader_end(q); ++k) {
+    const int t = static_cast<int>(g.tables.reader(k) / g.offsets);
+    const int a = static_cast<int>(g.tables.reader(k) % g.offsets);
+    const int s = t % g.num_scales, r = t / g.num_scales;
+    const int n = g.support(s), shift = g.crop(s) - g.padding;
+    // Outputs ho with ho*stride + u + shift inside this input tile, for some tap u < n.
+    const int ho_lo = floor_div(h0 - (n - 1) - shift, g.stride);
+    const int wo_lo = floor_div(w0 - (n - 1) - shift, g.stride);
+    for (int o = 0; o < g.out_channels; ++o) {
+      const T* plane = grad_y + ((static_cast<long long>(b) * g.out_channels + o) * g.out_slices +
+                                 t) * g.out_height * g.out_width;
+      for (int idx = threadIdx.x; idx < grad_span * grad_span; idx += blockDim.x) {
+        const int gh = ho_lo + idx / grad_span, gw = wo_lo + idx % grad_span;
+        const bool inside = gh >= 0 && gh < g.out_height && gw >= 0 && gw < g.out_width;
+        grad_tile[idx] = inside ? to_float(plane[static_cast<long long>(gh) * g.out_width + gw])
+                                : 0.f;
+      }
+      stage_filters(filters_tile, filters, g, s, a, r, o, c0, false);
+      __syncthreads();
+      if (hi < g.height && wi < g.width) {
+        for (int u = 0; u < n; ++u) {
+          const int hh = hi - u - shift;
+          if (((hh % g.stride) + g.stride) % g.stride != 0) continue;
+          const int row = hh / g.stride - ho_lo;
+          for (int v = 0; v < n; ++v) {
+            const int ww = wi - v - shift;
+            if (((ww % g.stride) + g.stride) % g.stride != 0) continue;
+            const float gv = grad_tile[row * grad_span + ww / g.stride - wo_lo];
 #pragma unroll
-              for (int cb = 0; cb < kChannelBlock; ++cb) {
-                acc[cb] += gv * filters_tile[(cb * n + u) * n + v];
-              }
+            for (int cb = 0; cb < kChannelBlock; ++cb) {
+              acc[cb] += gv * filters_tile[(cb * n + u) * n + v];
             }
           }
         }
-        __syncthreads();
       }
+      __syncthreads();
     }
   }
   if (hi >= g.height || wi >= g.width) return;

@@ -2,14 +2,16 @@
 // file compiles with a bare CUDA toolkit. rs_conv_cuda_glue.cpp is the ATen-facing side.
 //
 // Layouts (all contiguous): x [B, C, T_in, H, W] (lifting: T_in = 1), y / grad_y [B, O, T, H', W'],
-// filters: the float32 buffer of rstfast.geometry (per scale s a block [A, R, O, C, n_s, n_s] at
-// block_offset(s)). `tables` is the tail of the geometry encoding on the device:
-// [support S | crop S | block_offset S | read T*A] (read: input slice of (t, a), -1 for none).
+// filters: the float32 buffer of rstfast.geometry (slot (a, r) of scale s a conv2d weight
+// [O, C, n_s, n_s] at slot_start(s, a, r)). The geometry's tables live on the device and are read
+// through geometry.h's TableView, the layout's one C++ spelling.
 #pragma once
 
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
+
+#include "geometry.h"
 
 namespace rstfast {
 namespace cuda {
@@ -20,20 +22,18 @@ struct KernelGeometry {
   int batch, in_channels, out_channels, kernel;
   int num_rotations, num_scales, offsets, in_slices, out_slices;
   int height, width, out_height, out_width, stride, padding;
-  const int64_t* tables;  // on the device
+  TableView tables;  // on the device
 
-  __host__ __device__ int support(int s) const { return static_cast<int>(tables[s]); }
-  __host__ __device__ int crop(int s) const { return static_cast<int>(tables[num_scales + s]); }
-  __host__ __device__ int64_t block_offset(int s) const { return tables[2 * num_scales + s]; }
+  __host__ __device__ int support(int s) const { return static_cast<int>(tables.support(s)); }
+  __host__ __device__ int crop(int s) const { return static_cast<int>(tables.crop(s)); }
   __host__ __device__ int input_slice(int t, int a) const {
-    return static_cast<int>(tables[3 * num_scales + t * offsets + a]);
+    return static_cast<int>(tables.input_slice(t, a));
   }
   // Start of the n x n filter of (slot (a, r) of scale s, output channel o, input channel c).
   __host__ __device__ int64_t filter_at(int s, int a, int r, int o, int c) const {
     const int n = support(s);
-    return block_offset(s) +
-           ((((static_cast<int64_t>(a) * num_rotations + r) * out_channels + o) * in_channels + c) *
-            n * n);
+    return tables.slot_start(s, a, r) +
+           (static_cast<int64_t>(o) * in_channels + c) * n * n;
   }
 };
 

@@ -5,6 +5,11 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <map>
+#include <mutex>
+#include <utility>
+#include <vector>
+
 #include "rs_conv.h"
 #include "rs_conv_cuda.h"
 
@@ -28,13 +33,28 @@ int as_int(int64_t value, const char* what) {
   return static_cast<int>(value);
 }
 
-// The kernels' view of a call; `tables` keeps the geometry's tables alive on the device.
-cuda::KernelGeometry kernel_geometry(const Geometry& g, at::IntArrayRef code, const at::Tensor& x,
-                                     at::Tensor& tables) {
+// The geometry's tables on x's device: uploaded once per (geometry, device) and kept (as
+// Triton's launch glue keeps them), not copied on every call.
+at::Tensor device_tables(const Geometry& g, const at::Tensor& x) {
+  static std::mutex lock;
+  static std::map<std::pair<std::vector<int64_t>, int64_t>, at::Tensor> cache;
+  constexpr size_t kMaxEntries = 256;
+  std::pair<std::vector<int64_t>, int64_t> key{g.tables, x.device().index()};
+  const std::lock_guard<std::mutex> guard(lock);
+  auto found = cache.find(key);
+  if (found != cache.end()) return found->second;
+  if (cache.size() >= kMaxEntries) cache.clear();
+  at::Tensor tables = at::tensor(at::IntArrayRef(g.tables), at::TensorOptions().dtype(at::kLong))
+                          .to(x.device());
+  cache.emplace(std::move(key), tables);
+  return tables;
+}
+
+// The kernels' view of a call (its tables stay alive in the device_tables cache).
+cuda::KernelGeometry kernel_geometry(const Geometry& g, const at::Tensor& x) {
   TORCH_CHECK_VALUE(g.kernel <= cuda::kMaxKernel, "geometry: the CUDA kernels take K <= ",
                     cuda::kMaxKernel, ", got K = ", g.kernel);
-  tables = at::tensor(code.slice(kGeometryHeader), at::TensorOptions().dtype(at::kLong))
-               .to(x.device());
+  const at::Tensor tables = device_tables(g, x);
   return cuda::KernelGeometry{
       as_int(x.size(0), "batch"), as_int(g.in_channels, "in_channels"),
       as_int(g.out_channels, "out_channels"), as_int(g.kernel, "kernel"),
@@ -43,7 +63,7 @@ cuda::KernelGeometry kernel_geometry(const Geometry& g, at::IntArrayRef code, co
       as_int(g.group_size(), "group_size"), as_int(x.size(-2), "height"),
       as_int(x.size(-1), "width"), as_int(g.out_side(x.size(-2)), "out_height"),
       as_int(g.out_side(x.size(-1)), "out_width"), as_int(g.stride, "stride"),
-      as_int(g.padding, "padding"), tables.data_ptr<int64_t>()};
+      as_int(g.padding, "padding"), g.view(tables.data_ptr<int64_t>())};
 }
 
 void check_launch(cudaError_t status, const char* what) {
@@ -63,8 +83,7 @@ at::Tensor conv_forward_cuda(const at::Tensor& x, const at::Tensor& filters,
   check_conv_args(x, filters, bias, g);
   check_filters(filters);
   const c10::cuda::CUDAGuard guard(x.device());
-  at::Tensor tables;
-  const cuda::KernelGeometry kg = kernel_geometry(g, geometry, x, tables);
+  const cuda::KernelGeometry kg = kernel_geometry(g, x);
   const at::Tensor xc = x.contiguous(), fc = filters.contiguous();
   const bool has_bias = bias.has_value() && bias->defined();
   const at::Tensor bias_f32 = has_bias ? bias->to(at::kFloat).contiguous() : at::Tensor();
@@ -85,8 +104,7 @@ std::tuple<at::Tensor, at::Tensor> conv_backward_cuda(const at::Tensor& grad_y, 
   check_conv_args(x, filters, std::nullopt, g);
   check_filters(filters);
   const c10::cuda::CUDAGuard guard(x.device());
-  at::Tensor tables;
-  const cuda::KernelGeometry kg = kernel_geometry(g, geometry, x, tables);
+  const cuda::KernelGeometry kg = kernel_geometry(g, x);
   const at::Tensor gy = grad_y.to(x.scalar_type()).contiguous(), xc = x.contiguous(),
                    fc = filters.contiguous();
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();

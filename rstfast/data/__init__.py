@@ -2,7 +2,7 @@
 from .loaders import BACKGROUND, MEAN, STD, RSDataset, make_loader, normalize, rs_datasets
 from .generate import (DATASETS, DatasetFolderError, dataset_dir, load_split, prepare, read_manifest,
                        verify)
-from .errors import DataError, UsageError
+from ..cli import DataError, UsageError
 from .sources import (Pool, SourceHashError, SourceNotFoundError, load_mnist_5k,
                       load_source, locate, raw_folder)
 from .warp import affine_warp

@@ -41,8 +41,8 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .cli import Parser, guarded
-from .errors import DataError, UsageError
+from ..cli import DataError, Parser, UsageError, blocking_file, guarded, one_line
+from ..files import FileLock
 from .sources import Pool, all_origins, load_source
 from .warp import affine_warp
 
@@ -57,6 +57,10 @@ class DatasetFolderError(DataError, FileExistsError):
 
 class DatasetNotFoundError(DataError, FileNotFoundError):
     """A dataset folder lacks a split file."""
+
+
+class DatasetFileError(DataError, ValueError):
+    """A file of a dataset folder cannot be read (truncated, damaged, not what it should be)."""
 
 
 @dataclass(frozen=True)
@@ -170,9 +174,19 @@ def _recipe(dataset, seed, sizes, min_rot, max_rot, min_scale, max_scale) -> dic
 
 
 def read_manifest(folder) -> Optional[dict]:
-    """The ``manifest.json`` of a generated dataset folder, None if there is none."""
+    """The ``manifest.json`` of a generated dataset folder, None if there is none;
+    :class:`DatasetFileError` if it is not a JSON object."""
     path = Path(folder) / "manifest.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DatasetFileError(f"{path}: not JSON ({one_line(exc)}); it is written by "
+                               f"`python -m rstfast.data`: regenerate the folder with --force") from None
+    if not isinstance(manifest, dict):
+        raise DatasetFileError(f"{path}: expected a JSON object, got {type(manifest).__name__}")
+    return manifest
 
 
 def verify(folder) -> Optional[str]:
@@ -204,7 +218,10 @@ def _existing(folder: Path, recipe: dict) -> Optional[str]:
     """None if ``folder`` is free to write or holds exactly ``recipe`` intact, else why not."""
     if not folder.exists() or not any(folder.iterdir()):
         return None
-    manifest = read_manifest(folder)
+    try:
+        manifest = read_manifest(folder)
+    except DatasetFileError as exc:
+        return str(exc)
     if manifest is None:
         return "it holds files but no manifest.json (not written by rstfast.data, e.g. the original's PNGs)"
     diffs = [f"{k} {manifest.get(k)!r} there, {v!r} requested" for k, v in recipe.items()
@@ -224,10 +241,22 @@ def prepare(dataset: str = "mnist", dest=".", data_root="./datasets", seed: int 
     2000/2000/50000, mnist-5k 3000/500/1500); ``origin`` picks the source's origin (see
     :mod:`rstfast.data.sources`). A folder that holds anything else than this exact dataset, intact,
     raises :class:`DatasetFolderError` unless ``force``. A new dataset is written into a staging folder
-    beside it and renamed into place, so an interrupted run leaves no half dataset."""
+    beside it and renamed into place, so an interrupted run leaves no half dataset; processes
+    preparing the same folder at once take turns (:class:`rstfast.files.FileLock`)."""
     sizes = resolve_sizes(dataset, sizes)
     _validate_request(sizes, min_rot, max_rot, min_scale, max_scale)
     folder = dataset_dir(dest, dataset, seed, min_scale, max_scale, sizes, min_rot, max_rot)
+    blocking = blocking_file(folder)
+    if blocking is not None:
+        raise DataError(f"{folder}: cannot create this dataset folder: {blocking} is a file, "
+                        f"expected a folder")
+    with FileLock(folder.with_name(f".{folder.name}.lock")):  # one process writes, others then reuse
+        return _prepare(folder, dataset, data_root, seed, sizes, min_rot, max_rot, min_scale,
+                        max_scale, download, force, png, origin, log)
+
+
+def _prepare(folder: Path, dataset, data_root, seed, sizes, min_rot, max_rot, min_scale, max_scale,
+             download, force, png, origin, log) -> Path:
     recipe = _recipe(dataset, seed, sizes, min_rot, max_rot, min_scale, max_scale)
     problem = _existing(folder, recipe)
     if problem is None and (folder / "manifest.json").is_file() and not force:
@@ -304,8 +333,17 @@ def load_split(folder, split: str) -> Tuple[np.ndarray, np.ndarray]:
     if not path.is_file():
         raise DatasetNotFoundError(f"{path} not found: expected a dataset folder with train.npz, "
                                    f"val.npz and test.npz (generate one with `python -m rstfast.data`)")
-    with np.load(path) as archive:
-        return archive["images"], archive["labels"]
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            images, labels = archive["images"], archive["labels"]
+    except (zipfile.BadZipFile, zlib.error, ValueError, OSError, EOFError, KeyError) as exc:
+        raise DatasetFileError(f"{path}: not a readable dataset split ({one_line(exc)}); expected an "
+                               f".npz with images and labels: regenerate the folder with "
+                               f"`python -m rstfast.data --force`") from None
+    if images.ndim != 3 or labels.shape != images.shape[:1]:
+        raise DatasetFileError(f"{path}: expected images [N, H, W] and labels [N], got "
+                               f"{list(images.shape)} and {list(labels.shape)}")
+    return images, labels
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -42,7 +42,7 @@ from typing import Callable, Dict, List, Tuple
 
 import numpy as np
 
-from .errors import DataError, UsageError
+from ..cli import DataError, UsageError
 
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
              "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")

@@ -6,6 +6,8 @@
     python -m rstfast.equivariance --compare-bases --rotations 8 --out docs
 
 Each run prints a table and writes JSON (and, except --stability, a PNG) under ``--out``.
+Angles are degrees counter-clockwise (``--angles 90 45``), unlike the layers' ``rotations``
+argument, which takes radians.
 """
 from __future__ import annotations
 
@@ -16,20 +18,15 @@ from typing import List, Optional
 
 import torch
 
+from ..cli import Parser, check_backend, check_device, check_output_folder, guarded
+from ..models.checkpoint import input_shape_of, load_model
+from ..reference.bases import BASIS_TYPES
 from . import report
-from .measure import (BASIS_TYPES, NO_ROTATION_BASES, PAPER_SCALES, STABILITY_TRANSFORMS,
-                      compare_bases, default_transforms, input_shape_of, load_model, measure,
-                      prediction_stability, smooth_inputs)
+from .measure import (NO_ROTATION_BASES, PAPER_SCALES, STABILITY_TRANSFORMS, compare_bases,
+                      default_transforms, measure, prediction_stability, smooth_inputs)
 from .transforms import MODES, Transform
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-
-
-class _Parser(argparse.ArgumentParser):
-    """Usage errors as one line on stderr, exit code 2."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def _shift(text: str):
@@ -41,7 +38,7 @@ def _shift(text: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m rstfast.equivariance", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="python -m rstfast.equivariance", description=__doc__.split("\n\n")[0])
     p.add_argument("models", nargs="*", metavar="MODEL", help="names of rstfast.models.list()")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--stability", action="store_true",
@@ -59,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
                    help="default float64 (float32 with --stability)")
     p.add_argument("--angles", type=float, nargs="+", default=None, metavar="DEG",
-                   help="rotations, degrees counter-clockwise")
+                   help="rotations in degrees, counter-clockwise (the layers' own `rotations` "
+                        "argument is in radians; this tool takes degrees)")
     p.add_argument("--zooms", type=float, nargs="+", default=None, metavar="Q",
                    help="zoom factors (> 1 enlarges)")
     p.add_argument("--shifts", type=_shift, nargs="+", default=None, metavar="DY,DX",
@@ -191,15 +189,21 @@ def run(args) -> None:
                                           f"per-layer equivariance error"))
 
 
-def main(argv=None) -> int:
+def _main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except (ValueError, TypeError, FileNotFoundError, KeyError) as exc:
-        message = str(exc).strip("'\"").splitlines()[0] if str(exc) else type(exc).__name__
-        print(f"python -m rstfast.equivariance: error: {message}", file=sys.stderr)
-        return 2
+    check_backend(args.backend)
+    check_device(args.device)
+    check_output_folder(args.out)
+    run(args)
     return 0
+
+
+def main(argv=None) -> int:
+    """``python -m rstfast.equivariance``; a user error (also a ValueError, TypeError or
+    FileNotFoundError of the measuring API, which name the bad argument) is one line on stderr and
+    exit code 2."""
+    return guarded("python -m rstfast.equivariance", _main, argv,
+                   user_errors=(ValueError, TypeError, FileNotFoundError))
 
 
 if __name__ == "__main__":

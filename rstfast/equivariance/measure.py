@@ -16,22 +16,21 @@ directly: ``||f(T x) - f(x)|| / ||f(x)||`` (invariance), plus the fraction of eq
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import nn as rnn
+from ..reference.bases import BASIS_TYPES
 from .transforms import (MODES, Group, Transform, relative_error, scale_slots, transform_map,
                          valid_region)
 
 __all__ = ["Measurement", "measure", "default_transforms", "DEFAULT_SHIFTS", "smooth_inputs", "probed_layers",
-           "prediction_stability", "STABILITY_TRANSFORMS", "compare_bases", "basis_test_net",
-           "BASIS_TYPES", "NO_ROTATION_BASES", "load_model", "load_state_dict", "input_shape_of"]
+           "prediction_stability", "STABILITY_TRANSFORMS", "DEGENERATE_SHARE", "compare_bases",
+           "basis_test_net", "NO_ROTATION_BASES"]
 
 _RSTFAST_LAYERS = (rnn.LiftingConv, rnn.GroupConv, rnn.GroupConv1x1, rnn.GroupMaxProjection)
 PAPER_SCALES = (1.7, 2.45, 3.54, 5.1)
@@ -314,6 +313,9 @@ def _default_input_shape(model: nn.Module, input_shape) -> Tuple[int, ...]:
 
 STABILITY_TRANSFORMS = (Transform(angle=90), Transform(angle=180), Transform(angle=45),
                         Transform(angle=30), Transform(scale=0.7), Transform(scale=1.3))
+# A model whose most frequent prediction covers at least this share of the images is flagged:
+# predicting (almost) one class, it is "stable" under any transform, which says nothing.
+DEGENERATE_SHARE = 0.9
 
 
 @torch.no_grad()
@@ -328,7 +330,11 @@ def prediction_stability(model: nn.Module, images: torch.Tensor,
     :func:`transform_map` (``fill`` = the background value outside the image, e.g.
     ``-MEAN/STD`` for normalised MNIST). labels ``[N]`` (optional) add the accuracy before and
     after. Eval mode; the model's mode is restored. Returns ``{"num_images", "accuracy",
-    "transforms": [{"transform", "label", "stable", "accuracy"}]}``.
+    "top_class_share", "degenerate", "transforms": [{"transform", "label", "stable",
+    "accuracy"}]}``: ``top_class_share`` is the share of the most frequent predicted class on the
+    untransformed images, ``degenerate`` whether it is at least :data:`DEGENERATE_SHARE` (a model
+    that predicts one class is stable under every transform: read its stability with its
+    accuracy).
     """
     if not isinstance(images, torch.Tensor) or images.dim() != 4:
         raise ValueError(f"images: expected a tensor [N, C, H, W], got "
@@ -352,12 +358,13 @@ def prediction_stability(model: nn.Module, images: torch.Tensor,
                          "stable": (pred == base).double().mean().item(), "accuracy": accuracy(pred)})
     finally:
         model.train(was_training)
-    return {"num_images": len(images), "accuracy": accuracy(base), "transforms": rows}
+    share = torch.bincount(base).max().item() / len(base) if len(base) else 0.0
+    return {"num_images": len(images), "accuracy": accuracy(base), "top_class_share": share,
+            "degenerate": share >= DEGENERATE_SHARE, "transforms": rows}
 
 
 # --------------------------------------------------------------------------- bases
 
-BASIS_TYPES = ("A", "A1", "B", "C", "D", "D1", "E", "F", "G", "G1", "H", "I1")
 NO_ROTATION_BASES = ("A", "B", "D")      # built without rotations: rotations=[0.0]
 
 
@@ -399,64 +406,3 @@ def compare_bases(bases: Sequence[str] = BASIS_TYPES,
         transforms = default_transforms(rotating[0] if rotating else next(iter(nets.values())))
     return {b: measure(net, inputs, transforms, region=region, mode=mode, name=f"basis {b}")
             for b, net in nets.items()}
-
-
-# --------------------------------------------------------------------------- zoo models
-
-def _numpy_globals():
-    core = getattr(np, "_core", None) or np.core
-    return [np.ndarray, np.dtype, core.multiarray._reconstruct, type(np.dtype(np.uint32))]
-
-
-def load_state_dict(path) -> Tuple[dict, dict]:
-    """``(state_dict, args)`` from ``path``: a state_dict, or an :mod:`rstfast.train` checkpoint
-    (a dict with ``model``; ``args`` holds its model name and basis). Loaded with
-    ``weights_only=True``; the numpy arrays of the trainer's RNG state are allowed."""
-    try:
-        with torch.serialization.safe_globals(_numpy_globals()):
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"checkpoint: file {path} not found") from None
-    except Exception as exc:              # unpickling errors have many types
-        raise ValueError(f"checkpoint: cannot load {path} with weights_only=True: "
-                         f"{str(exc).splitlines()[0]}") from None
-    if not isinstance(state, dict):
-        raise ValueError(f"checkpoint: expected a state_dict or a dict with 'model' in {path}, "
-                         f"got {type(state).__name__}")
-    if "model" in state and isinstance(state["model"], dict):
-        return state["model"], dict(state.get("args") or {})
-    return state, {}
-
-
-def input_shape_of(name: str, model: nn.Module) -> Tuple[int, int, int]:
-    """``(C, H, W)`` a zoo model takes: 28x28 for ``*_28_*`` and ``*_56_*`` (upsampled inside),
-    96x96 for ``*_96_*`` and ``wrn_*``; C = ``in_channels`` of its first convolution."""
-    match = re.search(r"_(28|56|96)(_|$)", name)
-    if name.startswith("wrn_"):
-        size = 96
-    elif match:
-        size = 96 if match.group(1) == "96" else 28
-    else:
-        raise ValueError(f"name: cannot tell the input size of {name!r}; pass input_size")
-    first = next(m for m in model.modules() if hasattr(m, "in_channels"))
-    return (first.in_channels, size, size)
-
-
-def load_model(name: str, checkpoint=None, basis: Optional[str] = None, backend: str = "auto",
-               dtype=torch.float32, device="cpu") -> nn.Module:
-    """Zoo model ``name`` (:func:`rstfast.models.get`) with the weights of ``checkpoint`` (see
-    :func:`load_state_dict`; strict), in eval mode. A trainer checkpoint's ``args`` must name
-    the same model; its basis is used unless ``basis`` is given."""
-    from .. import models
-    state, args = (None, {}) if checkpoint is None else load_state_dict(checkpoint)
-    if args.get("model") not in (None, name):
-        raise ValueError(f"checkpoint: {checkpoint} was trained as {args['model']!r}, not {name!r}")
-    basis = basis if basis is not None else args.get("basis")
-    model = models.get(name, basis=basis, backend=backend)
-    if state is not None:
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as exc:
-            raise ValueError(f"checkpoint: {checkpoint} does not fit {name} (basis {basis}): "
-                             f"{' '.join(str(exc).split())[:400]}") from None
-    return model.to(device=device, dtype=dtype).eval()

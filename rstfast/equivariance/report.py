@@ -89,12 +89,17 @@ def format_bases_table(results: Dict[str, Measurement], layer: str) -> str:
 
 def format_stability_table(results: Dict[str, dict]) -> str:
     """One row per model: accuracy (if labelled) and the fraction of unchanged predictions per
-    transform."""
+    transform. A model that predicts (almost) one class (``degenerate``) is marked ``!`` and
+    named in a line under the table: its stability is no evidence of equivariance."""
     first = next(iter(results.values()))
     header = ["model", "images", "accuracy"] + [t["label"] for t in first["transforms"]]
-    rows = [[name, r["num_images"], "-" if r["accuracy"] is None else f"{r['accuracy']:.3f}"]
+    rows = [[name + (" !" if r.get("degenerate") else ""), r["num_images"],
+             "-" if r["accuracy"] is None else f"{r['accuracy']:.3f}"]
             + [f"{t['stable']:.3f}" for t in r["transforms"]] for name, r in results.items()]
-    return _grid(header, rows)
+    notes = [f"! {name}: {100 * r['top_class_share']:.0f} % of its predictions are one class; "
+             f"such a model is stable under any transform, so this stability says nothing"
+             for name, r in results.items() if r.get("degenerate")]
+    return "\n".join([_grid(header, rows)] + notes)
 
 
 def write_json(obj, path) -> Path:

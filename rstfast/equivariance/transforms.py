@@ -1,6 +1,6 @@
 """Similarity transforms of images and feature maps, the group-axis shift, and the error metric.
 
-Geometry (the convention of ``spec/layers.md`` §2.5 and of :func:`rstfast.data.affine_warp`): a map
+Geometry (the convention of ``docs/layers.md`` §2.5 and of :func:`rstfast.data.affine_warp`): a map
 ``[..., H, W]`` is drawn with row 0 on top; its centre is the pixel-edge point ``(H/2, W/2)``. A
 :class:`Transform` rotates the content by ``angle`` degrees counter-clockwise (90 degrees is
 ``torch.rot90(z, 1, dims=(-2, -1))``), zooms it by ``scale`` (> 1 enlarges) about the centre and then
@@ -30,8 +30,9 @@ MODES = ("bicubic", "bilinear", "nearest")
 
 @dataclass(frozen=True)
 class Transform:
-    """Rotate by ``angle`` degrees (counter-clockwise), zoom by ``scale``, then translate by
-    ``shift = (dy, dx)`` pixels of the input image."""
+    """Rotate by ``angle`` degrees (counter-clockwise; not radians, unlike the layers'
+    ``rotations``), zoom by ``scale``, then translate by ``shift = (dy, dx)`` pixels of the input
+    image."""
     angle: float = 0.0
     scale: float = 1.0
     shift: Tuple[int, int] = (0, 0)
@@ -82,7 +83,7 @@ class Group:
     """The group axis of a map: ``R`` rotations, ``S`` scales, ``scale_ratio`` between neighbouring
     scales (geometric mean; 1.0 for one scale) and ``rotation_sign``: +1 when slot ``r`` holds
     the filters turned by ``+r*360/R`` (every basis type but I1), -1 for I1, whose slots turn the
-    other way (``spec/bases.md`` §5.9)."""
+    other way (``docs/bases.md`` §5.9)."""
     num_rotations: int
     num_scales: int
     scale_ratio: float = 1.0
@@ -91,8 +92,9 @@ class Group:
     @classmethod
     def of_layer(cls, layer) -> "Group":
         """From an rstfast layer's ``num_rotations``, ``num_scales``, ``scales`` and
-        ``basis_type``."""
-        scales = layer.scales
+        ``basis_type`` (a ``from_basis`` layer built without ``scales``: no scale shift is known,
+        ratio 1)."""
+        scales = layer.scales or [1.0]
         ratio = (scales[-1] / scales[0]) ** (1 / (len(scales) - 1)) if len(scales) > 1 else 1.0
         return cls(layer.num_rotations, layer.num_scales, ratio,
                    -1 if layer.basis_type == "I1" else 1)

@@ -45,11 +45,11 @@ from ..geometry import Geometry
 from . import batched, tiled
 from .plan import Chunk, Plan, chunks as plan_chunks, slice_bytes, transform_size
 
-__all__ = ["DTYPES", "CHUNK_BYTES", "unavailable_reason", "conv_forward", "conv_backward",
-           "transform_size", "flops", "stage_flops", "STAGES"]
+__all__ = ["DTYPES", "ALGORITHM", "CHUNK_BYTES", "unavailable_reason", "conv_forward",
+           "conv_backward", "transform_size", "flops", "stage_flops", "STAGES"]
 
 DTYPES = {"cpu": (torch.float32, torch.float64), "cuda": (torch.float32, torch.float64)}
-ALGORITHM = "fft"                # for the cost model of rstfast.autotune
+ALGORITHM = "fft"                # the cost model's throughput class (rstfast.autotune)
 
 # Largest spectrum tensor of a chunk of output slices: one offset's filter spectra (or their
 # gradient) or the output (gradient) spectra, unless one slice needs more.
@@ -84,7 +84,6 @@ def _execution(device: torch.device):
 def conv_forward(x: torch.Tensor, filters: torch.Tensor, bias: Optional[torch.Tensor],
                  geo: Geometry) -> torch.Tensor:
     """y ``[B, O, T, H', W']`` (contiguous, x's dtype) of x and the flat filter buffer."""
-    geo.check_input(x)
     with torch.autocast(x.device.type, enabled=False):
         plan = _plan(geo, x.shape)
         found = _chunks(geo, slice_bytes(geo, plan, x.shape[0], x.dtype))
@@ -127,7 +126,7 @@ def stage_flops(geo: Geometry, x_shape: Sequence[int], backward: bool = False
     plan = _plan(geo, x_shape)
     batch, half = x_shape[0], plan.half
     out_h, out_w = geo.out_size(plan.height, plan.width)
-    reads = [(t, a) for t, row in enumerate(geo.read_table) for a, q in enumerate(row) if q >= 0]
+    supports = [geo.support[t % geo.num_scales] for t, _, _ in geo.reads]
 
     def transform(rows: int, cols: int) -> float:
         return 4.0 * rows * cols * half + 8.0 * plan.rows * rows * half
@@ -136,8 +135,8 @@ def stage_flops(geo: Geometry, x_shape: Sequence[int], backward: bool = False
         "input transforms": batch * geo.in_channels * geo.in_slices
         * transform(plan.height, plan.width),
         "filter spectra": geo.out_channels * geo.in_channels * sum(
-            transform(n, n) for n in (geo.support[t % geo.num_scales] for t, _ in reads)),
-        "products": 8.0 * batch * geo.in_channels * geo.out_channels * plan.bins * len(reads),
+            transform(n, n) for n in supports),
+        "products": 8.0 * batch * geo.in_channels * geo.out_channels * plan.bins * len(supports),
         "output transforms": batch * geo.out_channels * geo.group_size * transform(out_h, out_w),
     }
     if backward:
@@ -147,5 +146,6 @@ def stage_flops(geo: Geometry, x_shape: Sequence[int], backward: bool = False
 
 
 def flops(geo: Geometry, x_shape: Sequence[int]) -> float:
-    """FLOPs of one forward (:func:`stage_flops` summed)."""
+    """Forward FLOPs of this algorithm, the cost model's numerator: :func:`stage_flops` summed
+    (the backward of both gradients costs about twice as much)."""
     return math.fsum(stage_flops(geo, x_shape).values())

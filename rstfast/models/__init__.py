@@ -9,6 +9,9 @@ State-dict keys, shapes and buffers equal the original's, so its checkpoints loa
 ``mnist_ses_*``, 'D1' for ``mnist_res_*``; ignored by models without a basis) and ``backend``
 (passed to every rstfast layer) are read, every other keyword is ignored.
 
+Trained weights: :func:`rstfast.models.checkpoint.load_model` (a state_dict or an
+:mod:`rstfast.train` checkpoint).
+
 STL-10 (96x96 RGB): ``wrn_16_8``, ``wrn_16_8_{kanazawa,xu,dss,ss}`` and ``wrn_16_8_ses_{a,b,c}``
 (see :mod:`.stl`).
 

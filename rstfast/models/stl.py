@@ -23,8 +23,8 @@ scale-equivariant or scale-invariant layer. Dropout 0.3, global average pooling.
 
 Differences from the original, which cannot build the SES variants: there ``SESConv_H_H`` is
 called without ``rotation_size`` (TypeError); here it is 1 (no rotations), which gives the
-parameter counts of the spec (10,961,370 / 10,961,370 / 10,979,802). The original SS-CNN crashes
-on current numpy/scipy; this one does not (see :mod:`.ss`). The original ignores
+parameter counts of docs/models.md §5 (10,961,370 / 10,961,370 / 10,979,802). The original SS-CNN
+crashes on current numpy/scipy; this one does not (see :mod:`.ss`). The original ignores
 ``num_classes`` (always 10); here it is honoured, default 10.
 """
 from __future__ import annotations

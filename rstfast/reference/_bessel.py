@@ -1,4 +1,4 @@
-"""Zeros of the Bessel functions ``J_k`` for the Fourier–Bessel bases (spec ``bases.md`` §4.3).
+"""Zeros of the Bessel functions ``J_k`` for the Fourier–Bessel bases (``docs/bases.md`` §4.3).
 
 Replaces the original ``bessel.npy`` table (rows ``[k, q, j_{k,q}, j_{k,q+1}]``) by
 ``scipy.special.jn_zeros``; only the rows the builders read are generated.

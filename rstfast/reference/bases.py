@@ -1,4 +1,4 @@
-"""Steerable bases of the original RST-CNN code, number for number (spec ``bases.md``).
+"""Steerable bases of the original RST-CNN code, number for number (``docs/bases.md``).
 
 ``steerable_basis(...) -> [F, T, K, K]`` indexed ``[f, t, u, v]``: ``t = r*S + s`` (rotation-major)
 for the rotation types, ``t = s`` for A, B, D; ``u`` kernel row, ``v`` kernel column.
@@ -22,16 +22,15 @@ from __future__ import annotations
 
 import functools
 import math
-import numbers
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional
 
 import numpy as np
 import torch
 from numpy.polynomial import hermite_e
 from scipy import special
 
-from .._checks import positive_int
+from .._checks import float_list, odd_kernel_size, positive_float, positive_int
 from ._bessel import bessel_pairs, fb_bound, fb_function_count
 
 __all__ = ["steerable_basis", "raw_steerable_basis", "support_sizes", "BASIS_TYPES"]
@@ -92,7 +91,8 @@ def _sturm_liouville(t: np.ndarray, degree: int, spt: float) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------
 
 def _hermite_gaussian(n, thetas, a, orders, *, separable, np_dtype=np.float64):
-    """Hermite–Gaussian functions at scale ``a`` (spec §4.1), ``n`` on rows, ``m`` on columns.
+    """Hermite–Gaussian functions at scale ``a`` (docs/bases.md §4.1), ``n`` on rows, ``m`` on
+    columns.
 
     Separable (A, B; no rotation, R = 1): ``g_n(x) g_m(y)`` with
     ``g_n(t) = exp(-t^2/2a^2)/a He_n(t/a)``; as the original, each 1-D factor is cast to
@@ -116,7 +116,8 @@ def _hermite_gaussian(n, thetas, a, orders, *, separable, np_dtype=np.float64):
 
 
 def _sturm_liouville_family(n, thetas, a, orders, *, spt, gaussian):
-    """Sturm–Liouville ``(1/a^2) SL_n(x'/a) SL_m(y'/a)`` (spec §4.2); H: Gaussian factor too."""
+    """Sturm–Liouville ``(1/a^2) SL_n(x'/a) SL_m(y'/a)`` (docs/bases.md §4.2); H: Gaussian
+    factor too."""
     xr, yr, rho = _rotated_grid(n, thetas)
     degrees = {d for pair in orders for d in pair}
     sl_x = {d: _sturm_liouville(xr / a, d, spt) for d in degrees}
@@ -128,7 +129,8 @@ def _sturm_liouville_family(n, thetas, a, orders, *, spt, gaussian):
 
 
 def _fourier_bessel(n, thetas, alpha, count, *, variant_d, gaussian):
-    """The first ``min(n^2 - 1, count)`` Fourier–Bessel functions on ``n x n`` (spec §4.3).
+    """The first ``min(n^2 - 1, count)`` Fourier–Bessel functions on ``n x n``
+    (docs/bases.md §4.3).
 
     Pairs ``(k, q)`` with ``j_{k,q+1} <= pi R tff`` sorted by ``j_{k,q}``; ``k = 0`` gives ``P``,
     ``k > 0`` gives ``sqrt2 P cos(k beta)`` then ``sqrt2 P sin(k beta)``, so truncation can split a
@@ -168,7 +170,7 @@ def _fourier_bessel(n, thetas, alpha, count, *, variant_d, gaussian):
 
 
 def _gaussian_rings(n, thetas, scale, orders):
-    """I1: ``Re(exp(-(rho - n)^2 / 2s^2) e^{i m phi} e^{-i m theta})`` (spec §5.9).
+    """I1: ``Re(exp(-(rho - n)^2 / 2s^2) e^{i m phi} e^{-i m theta})`` (docs/bases.md §5.9).
 
     Ring radius ``n`` in pixels (not scaled), angular frequency ``m``. As the original: opposite
     rotation sign to every other type, no ``1/s^2`` factor, and ``phi = 0`` at the centre pixel, so
@@ -256,43 +258,11 @@ def _per_scale(kind: _BasisType, effective_size: int, max_order: int):
 # Validation
 # ----------------------------------------------------------------------------------------------
 
-def _positive_float(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name}: expected a positive float, got {value!r} "
-                        f"({type(value).__name__})")
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name}: expected a positive finite float, got {value!r}")
-    return float(value)
-
-
-def _float_tuple(name: str, values, positive: bool) -> tuple:
-    what = "positive finite floats" if positive else "finite floats (radians)"
-    sequence = isinstance(values, (Sequence, np.ndarray, torch.Tensor))
-    if isinstance(values, (str, bytes)) or not sequence:
-        raise TypeError(f"{name}: expected a non-empty list of {what}, got {values!r}")
-    try:
-        values = tuple(float(v) for v in values)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name}: expected a non-empty list of {what}, got {values!r}") from None
-    if not values:
-        raise ValueError(f"{name}: expected a non-empty list of {what}, got []")
-    if not all(math.isfinite(v) and (v > 0 or not positive) for v in values):
-        raise ValueError(f"{name}: expected a non-empty list of {what}, got {list(values)}")
-    return values
-
-
 def _basis_type(basis_type) -> _BasisType:
     if not isinstance(basis_type, str) or basis_type not in _TYPES:
         raise ValueError(f"basis_type: got {basis_type!r}, expected one of "
                          f"{', '.join(BASIS_TYPES)}")
     return _TYPES[basis_type]
-
-
-def _kernel_size(size) -> int:
-    size = positive_int("size", size, 3)
-    if size % 2 == 0:
-        raise ValueError(f"size: expected an odd kernel size (the basis is centred), got {size}")
-    return size
 
 
 def _supports(size: int, scales: tuple, full_support: bool) -> list:
@@ -303,14 +273,15 @@ def _supports(size: int, scales: tuple, full_support: bool) -> list:
 
 
 def support_sizes(size, scales, basis_type) -> list:
-    """Per-scale support ``n_i = 2 floor(floor(K s_i / s_max) / 2) + 1`` (spec §3); D1: all ``K``.
+    """Per-scale support ``n_i = 2 floor(floor(K s_i / s_max) / 2) + 1`` (docs/bases.md §3);
+    D1: all ``K``.
 
     Every basis function of scale ``i`` is zero outside the centred ``n_i x n_i`` box of ``K x K``.
     Raises ValueError if some ``n_i <= 1`` (the original asserts ``n_i > 1``).
     """
     kind = _basis_type(basis_type)
-    size = _kernel_size(size)
-    scales = _float_tuple("scales", scales, positive=True)
+    size = odd_kernel_size("size", size)
+    scales = tuple(float_list("scales", scales, positive=True))
     sizes = _supports(size, scales, kind.full_support)
     if min(sizes) <= 1:
         raise ValueError(f"scales: every scale must give a support "
@@ -395,7 +366,8 @@ def _raw_basis(basis_type: str, size: int, rotations: tuple, scales: tuple, effe
 
 @functools.lru_cache(maxsize=32)
 def _normalized_basis(*canonical_args) -> torch.Tensor:
-    """``raw / ||raw[:, 0]||`` in the basis dtype (spec §7), cached: never hand this tensor out."""
+    """``raw / ||raw[:, 0]||`` in the basis dtype (docs/bases.md §7), cached: never hand this
+    tensor out."""
     raw = _raw_basis(*canonical_args)
     return raw / raw.pow(2).sum([2, 3], keepdim=True).sqrt()[:, [0]]
 
@@ -404,13 +376,13 @@ def _canonical_args(basis_type, size, rotations, scales, effective_size, mult, m
                     dtype) -> tuple:
     """Validate every argument; arguments the type ignores become ``()``/None (one cache entry)."""
     kind = _basis_type(basis_type)
-    size = _kernel_size(size)
+    size = odd_kernel_size("size", size)
     effective_size = positive_int("effective_size", effective_size)
-    scales = _float_tuple("scales", scales, positive=True)
-    rotations = _float_tuple("rotations", rotations, positive=False) if kind.rotating else ()
-    mult = _positive_float("mult", mult) if "mult" in kind.uses else None
+    scales = tuple(float_list("scales", scales, positive=True))
+    rotations = tuple(float_list("rotations", rotations)) if kind.rotating else ()
+    mult = positive_float("mult", mult) if "mult" in kind.uses else None
     max_order = positive_int("max_order", max_order, 0) if "max_order" in kind.uses else None
-    spt = _positive_float("spt", spt) if "spt" in kind.uses else None
+    spt = positive_float("spt", spt) if "spt" in kind.uses else None
     dtype = torch.get_default_dtype() if dtype is None else dtype
     if dtype not in (torch.float32, torch.float64):
         raise TypeError(f"dtype: expected torch.float32 or torch.float64 (None: the default "

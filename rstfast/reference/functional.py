@@ -1,6 +1,6 @@
 """Pure-PyTorch roto-scale convolutions: the oracle every fast backend is checked against.
 
-Index conventions (see ``spec/layers.md``):
+Index conventions (see ``docs/layers.md``):
 
 * group feature maps ``[B, C, T, H, W]`` with ``t = r * S + s`` (rotation-major);
 * basis ``[F, T, K, K]`` (same ``t``), weight of the lifting layer ``[O, C, F]``,
@@ -74,7 +74,7 @@ def _neighbourhood(x: torch.Tensor, num_rotations: int, num_scales: int, rotatio
                          device=x.device)                       # [T, A]
     padded = torch.cat([x, x.new_zeros(b, c, 1, h, w)], dim=2)  # slice T is the zero slice
     slab = padded[:, :, torch.where(table < 0, t, table).t().flatten()]
-    return slab.view(b, c, -1, t, h, w)
+    return slab.view(b, c, rotation_size * scale_size, t, h, w)
 
 
 def group_conv(x: torch.Tensor, weight: torch.Tensor, basis: torch.Tensor,

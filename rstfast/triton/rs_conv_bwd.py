@@ -2,8 +2,7 @@
 
 ``conv_backward_input`` is the transposed problem as an implicit GEMM: program
 ``(pid_m, pid_n, q)`` owns ``BLOCK_M`` input pixels x ``BLOCK_N`` input channels of input slice
-``q`` and reduces over every ``(t, a)`` that reads it (``read[t, a] == q``, from the geometry's
-tables) and over ``k = o * n_s^2 + u * n_s + v`` within that output scale's support. Each input
+``q`` and reduces over every ``(t, a)`` that reads it (the geometry's reader table) and over ``k = o * n_s^2 + u * n_s + v`` within that output scale's support. Each input
 element is written exactly once (no atomics, no accumulation across launches).
 
 ``conv_backward_filters`` writes the gradient of the filter buffer (same layout, float32):
@@ -21,7 +20,7 @@ import triton
 import triton.language as tl
 
 from .jit import AUTOTUNE_KEY, GEMM_CONFIGS, INTERPRETER_CONFIG, dot_options, lazy_kernel
-from .launch import geometry_tables, kernel_sizes, strides_5d
+from .launch import geometry_tables, kernel_sizes, strides_5d, table_offsets
 
 __all__ = ["conv_backward_input", "conv_backward_filters", "MIN_PIXELS_PER_SPLIT"]
 
@@ -37,6 +36,7 @@ _CONFIGS = GEMM_CONFIGS + [
 @lazy_kernel(_CONFIGS, key=AUTOTUNE_KEY, interpreter_config=INTERPRETER_CONFIG)
 def _rs_conv_bwd_input_kernel(
         gy_ptr, w_ptr, dx_ptr, tables_ptr,
+        SUPPORT_AT, CROP_AT, SLOT_AT, READ_AT, READER_START_AT, READER_AT,
         B, C, H, W, O, Ho, Wo, R, S, A, stride, padding,
         sgb, sgo, sgt, sgh, sgw, sdb, sdc, sdt, sdh, sdw,
         PRECISION: tl.constexpr, UPCAST: tl.constexpr,
@@ -56,39 +56,41 @@ def _rs_conv_bwd_input_kernel(
     compute_dtype = gy_ptr.dtype.element_ty
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for t in range(0, R * S):
-        for a in range(0, A):
-            if tl.load(tables_ptr + 3 * S + t * A + a).to(tl.int32) == plane:
-                r = t // S
-                s = t % S
-                n = tl.load(tables_ptr + s).to(tl.int32)
-                shift = tl.load(tables_ptr + S + s).to(tl.int32) - padding
-                taps = n * n
-                reduction = O * taps
-                w_slot = (w_ptr + tl.load(tables_ptr + 2 * S + s)
-                          + ((a * R + r) * O) * (C * taps).to(tl.int64))
-                gy_plane = gy_rows + t * sgt
-                for k0 in range(0, reduction, BLOCK_K):
-                    k = k0 + tl.arange(0, BLOCK_K)
-                    k_ok = k < reduction
-                    o = k // taps
-                    tap = k % taps
-                    h_num = hi[:, None] - shift - (tap // n)[None, :]
-                    w_num = wi[:, None] - shift - (tap % n)[None, :]
-                    ho = h_num // stride
-                    wo = w_num // stride
-                    ok = (m_ok[:, None] & k_ok[None, :] & (h_num >= 0) & (w_num >= 0)
-                          & (ho * stride == h_num) & (wo * stride == w_num) & (ho < Ho)
-                          & (wo < Wo))
-                    g_tile = tl.load(gy_plane[:, None] + o[None, :] * sgo + ho * sgh + wo * sgw,
-                                     mask=ok, other=0.0)
-                    w_tile = tl.load(w_slot + (o.to(tl.int64) * (C * taps) + tap)[:, None]
-                                     + c[None, :] * taps,
-                                     mask=k_ok[:, None] & c_ok[None, :], other=0.0)
-                    w_tile = w_tile.to(compute_dtype)
-                    if UPCAST:
-                        g_tile, w_tile = g_tile.to(tl.float32), w_tile.to(tl.float32)
-                    acc = tl.dot(g_tile, w_tile, acc, input_precision=PRECISION)
+    first = tl.load(tables_ptr + READER_START_AT + plane).to(tl.int32)
+    last = tl.load(tables_ptr + READER_START_AT + plane + 1).to(tl.int32)
+    for entry in range(first, last):                # the readers (t, a) of this input slice
+        reader = tl.load(tables_ptr + READER_AT + entry).to(tl.int32)
+        t = reader // A
+        a = reader % A
+        r = t // S
+        s = t % S
+        n = tl.load(tables_ptr + SUPPORT_AT + s).to(tl.int32)
+        shift = tl.load(tables_ptr + CROP_AT + s).to(tl.int32) - padding
+        taps = n * n
+        reduction = O * taps
+        w_slot = w_ptr + tl.load(tables_ptr + SLOT_AT + (s * A + a) * R + r)
+        gy_plane = gy_rows + t * sgt
+        for k0 in range(0, reduction, BLOCK_K):
+            k = k0 + tl.arange(0, BLOCK_K)
+            k_ok = k < reduction
+            o = k // taps
+            tap = k % taps
+            h_num = hi[:, None] - shift - (tap // n)[None, :]
+            w_num = wi[:, None] - shift - (tap % n)[None, :]
+            ho = h_num // stride
+            wo = w_num // stride
+            ok = (m_ok[:, None] & k_ok[None, :] & (h_num >= 0) & (w_num >= 0)
+                  & (ho * stride == h_num) & (wo * stride == w_num) & (ho < Ho)
+                  & (wo < Wo))
+            g_tile = tl.load(gy_plane[:, None] + o[None, :] * sgo + ho * sgh + wo * sgw,
+                             mask=ok, other=0.0)
+            w_tile = tl.load(w_slot + (o.to(tl.int64) * (C * taps) + tap)[:, None]
+                             + c[None, :] * taps,
+                             mask=k_ok[:, None] & c_ok[None, :], other=0.0)
+            w_tile = w_tile.to(compute_dtype)
+            if UPCAST:
+                g_tile, w_tile = g_tile.to(tl.float32), w_tile.to(tl.float32)
+            acc = tl.dot(g_tile, w_tile, acc, input_precision=PRECISION)
     dx_offsets = (b.to(tl.int64) * sdb + plane.to(tl.int64) * sdt + hi * sdh + wi * sdw)[:, None] \
         + c[None, :].to(tl.int64) * sdc
     tl.store(dx_ptr + dx_offsets, acc.to(dx_ptr.dtype.element_ty),
@@ -98,6 +100,7 @@ def _rs_conv_bwd_input_kernel(
 @lazy_kernel(_CONFIGS, key=AUTOTUNE_KEY, interpreter_config=INTERPRETER_CONFIG)
 def _rs_conv_bwd_filter_kernel(
         x_ptr, gy_ptr, dw_ptr, tables_ptr,
+        SUPPORT_AT, CROP_AT, SLOT_AT, READ_AT, READER_START_AT, READER_AT,
         B, C, H, W, O, Ho, Wo, R, S, A, stride, padding,
         sxb, sxc, sxt, sxh, sxw, sgb, sgo, sgt, sgh, sgw, splits, numel,
         PRECISION: tl.constexpr, UPCAST: tl.constexpr,
@@ -109,9 +112,9 @@ def _rs_conv_bwd_filter_kernel(
     t = tl.program_id(2) % (R * S)
     r = t // S
     s = t % S
-    q = tl.load(tables_ptr + 3 * S + t * A + a).to(tl.int32)
-    n = tl.load(tables_ptr + s).to(tl.int32)
-    shift = tl.load(tables_ptr + S + s).to(tl.int32) - padding
+    q = tl.load(tables_ptr + READ_AT + t * A + a).to(tl.int32)
+    n = tl.load(tables_ptr + SUPPORT_AT + s).to(tl.int32)
+    shift = tl.load(tables_ptr + CROP_AT + s).to(tl.int32) - padding
     taps = n * n
     reduction = C * taps
 
@@ -150,8 +153,7 @@ def _rs_conv_bwd_filter_kernel(
         if UPCAST:
             x_tile, g_tile = x_tile.to(tl.float32), g_tile.to(tl.float32)
         acc = tl.dot(x_tile, g_tile, acc, input_precision=PRECISION)
-    dw_offsets = (split.to(tl.int64) * numel + tl.load(tables_ptr + 2 * S + s)
-                  + ((a * R + r) * O).to(tl.int64) * reduction
+    dw_offsets = (split.to(tl.int64) * numel + tl.load(tables_ptr + SLOT_AT + (s * A + a) * R + r)
                   + o[None, :].to(tl.int64) * reduction + k[:, None])
     tl.store(dw_ptr + dw_offsets, acc, mask=k_ok[:, None] & o_ok[None, :])
 
@@ -163,7 +165,8 @@ def conv_backward_input(grad_y: torch.Tensor, filters: torch.Tensor, x: torch.Te
     grid = lambda meta: (triton.cdiv(x.shape[0] * x.shape[-2] * x.shape[-1], meta["BLOCK_M"]),
                          triton.cdiv(geo.in_channels, meta["BLOCK_N"]), geo.in_slices)
     _rs_conv_bwd_input_kernel[grid](
-        grad_y, filters, grad_x, geometry_tables(geo, x.device), *kernel_sizes(geo, x.shape),
+        grad_y, filters, grad_x, geometry_tables(geo, x.device), *table_offsets(geo),
+        *kernel_sizes(geo, x.shape),
         *grad_y.stride(), *strides_5d(grad_x, geo.lifting), **dot_options(grad_y.dtype))
     return grad_x
 
@@ -183,7 +186,7 @@ def conv_backward_filters(grad_y: torch.Tensor, x: torch.Tensor, filters: torch.
                          triton.cdiv(geo.out_channels, meta["BLOCK_N"]),
                          geo.num_offsets * geo.group_size)
     _rs_conv_bwd_filter_kernel[grid](
-        x, grad_y, grad_filters, geometry_tables(geo, x.device), *sizes,
+        x, grad_y, grad_filters, geometry_tables(geo, x.device), *table_offsets(geo), *sizes,
         *strides_5d(x, geo.lifting), *grad_y.stride(), splits, filters.numel(),
         **dot_options(x.dtype))
     return grad_filters[0] if splits == 1 else grad_filters.sum(dim=0)

@@ -5,7 +5,7 @@ Program ``(pid_m, pid_n, t)``: a tile of ``BLOCK_M`` output pixels (flattened ``
 input slice ``q = read[t, a]`` exists (the geometry's index map, read from ``tables``) and over
 ``k = c * n_s^2 + u * n_s + v`` — the taps of scale ``s``'s support only. The input slice is
 gathered straight from ``x`` (strides; zero padding by masks; no copy); the filter tile is slot
-``(a, r)`` ``[O, C, n_s, n_s]`` of the buffer (:mod:`rstfast.geometry`). The lifting layer is the
+``(a, r)`` ``[O, C, n_s, n_s]`` of the buffer, found through the geometry's slot table. The lifting layer is the
 case of one input plane (slice stride 0). Bias is added in the epilogue.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 
 from .jit import AUTOTUNE_KEY, GEMM_CONFIGS, INTERPRETER_CONFIG, dot_options, lazy_kernel
-from .launch import geometry_tables, kernel_sizes, strides_5d
+from .launch import geometry_tables, kernel_sizes, strides_5d, table_offsets
 
 __all__ = ["conv_forward"]
 
@@ -29,6 +29,7 @@ _CONFIGS = GEMM_CONFIGS + [
 @lazy_kernel(_CONFIGS, key=AUTOTUNE_KEY, interpreter_config=INTERPRETER_CONFIG)
 def _rs_conv_fwd_kernel(
         x_ptr, w_ptr, bias_ptr, y_ptr, tables_ptr,
+        SUPPORT_AT, CROP_AT, SLOT_AT, READ_AT, READER_START_AT, READER_AT,
         B, C, H, W, O, Ho, Wo, R, S, A, stride, padding,
         sxb, sxc, sxt, sxh, sxw, syb, syo, syt, syh, syw,
         HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
@@ -38,9 +39,8 @@ def _rs_conv_fwd_kernel(
     t = tl.program_id(2)
     r = t // S
     s = t % S
-    n = tl.load(tables_ptr + s).to(tl.int32)
-    shift = tl.load(tables_ptr + S + s).to(tl.int32) - padding
-    block_base = tl.load(tables_ptr + 2 * S + s)
+    n = tl.load(tables_ptr + SUPPORT_AT + s).to(tl.int32)
+    shift = tl.load(tables_ptr + CROP_AT + s).to(tl.int32) - padding
     taps = n * n
     reduction = C * taps
 
@@ -58,10 +58,10 @@ def _rs_conv_fwd_kernel(
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for a in range(0, A):
-        q = tl.load(tables_ptr + 3 * S + t * A + a).to(tl.int32)
+        q = tl.load(tables_ptr + READ_AT + t * A + a).to(tl.int32)
         if q >= 0:
             x_plane = x_rows + q.to(tl.int64) * sxt
-            w_slot = w_ptr + block_base + ((a * R + r) * O).to(tl.int64) * reduction
+            w_slot = w_ptr + tl.load(tables_ptr + SLOT_AT + (s * A + a) * R + r)
             for k0 in range(0, reduction, BLOCK_K):
                 k = k0 + tl.arange(0, BLOCK_K)
                 k_ok = k < reduction
@@ -97,6 +97,6 @@ def conv_forward(x: torch.Tensor, filters: torch.Tensor, bias: Optional[torch.Te
                          triton.cdiv(geo.out_channels, meta["BLOCK_N"]), geo.group_size)
     _rs_conv_fwd_kernel[grid](
         x, filters, bias if bias is not None else filters, y, geometry_tables(geo, x.device),
-        *sizes, *strides_5d(x, geo.lifting), *y.stride(),
+        *table_offsets(geo), *sizes, *strides_5d(x, geo.lifting), *y.stride(),
         HAS_BIAS=bias is not None, **dot_options(x.dtype))
     return y

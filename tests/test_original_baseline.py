@@ -1,21 +1,12 @@
 """The baseline :mod:`benchmarks.original` computes what the original code and the reference compute."""
-import json
-import os
-from pathlib import Path
-
-import numpy as np
 import pytest
 import torch
 
+from benchmarks import original
+from conftest import golden_names, load_golden
 from rstfast.reference import functional as ref
 
-from . import original
-
-GOLDEN_DIR = Path(os.environ.get("RSTFAST_GOLDEN_DIR",
-                                 Path(__file__).resolve().parents[2] / "shared" / "golden"))
-GOLDEN_LAYERS = ("layer_lift_E_rot8", "layer_group_E_rot8_Lr4_Ls1", "layer_group_G_rot1_Lr1_Ls1",
-                 "layer_group_G_rot1_Lr1_Ls2", "layer_group_C_rot4_Lr2_Ls1",
-                 "layer_group_E_rot4_Lr2_Ls2_stride2_pad5")
+GOLDEN_CONV = [n for n in golden_names("original/layer_") if "lift" in n or "group" in n]
 
 
 def _max_rel(actual, expected):
@@ -30,14 +21,10 @@ def _call(module, kind, x, weight, basis, bias, num_rotations, rotation_size, sc
                              stride, padding)
 
 
-@pytest.mark.parametrize("name", GOLDEN_LAYERS)
+@pytest.mark.parametrize("name", GOLDEN_CONV)
 def test_matches_original_golden_outputs_and_gradients(name):
-    path = GOLDEN_DIR / f"{name}.npz"
-    if not path.exists():
-        pytest.skip(f"golden file {path} not found (set RSTFAST_GOLDEN_DIR)")
-    z = np.load(path)
-    args = json.loads(str(z["meta"]))["args"]
-    g = {k: torch.from_numpy(z[k]) for k in z.files if k != "meta"}
+    g, meta = load_golden(name)
+    args = meta["args"]
     x, weight, bias = (g[k].clone().requires_grad_() for k in ("x", "weight", "bias"))
     kind = "lift" if "lift" in name else "group"
     y = _call(original, kind, x, weight, g["basis"], bias, len(args["rotations"]),

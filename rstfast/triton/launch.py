@@ -1,4 +1,6 @@
-"""What every Triton launch takes from the geometry: problem sizes, strides, device tables."""
+"""What every Triton launch takes from the geometry: problem sizes, strides, device tables and
+where each table starts in them (:meth:`rstfast.geometry.Geometry.table_offsets`: the kernels
+read the layout from there, never spell it out)."""
 from __future__ import annotations
 
 import functools
@@ -8,7 +10,7 @@ import torch
 
 from ..geometry import Geometry
 
-__all__ = ["kernel_sizes", "strides_5d", "geometry_tables"]
+__all__ = ["kernel_sizes", "strides_5d", "geometry_tables", "table_offsets"]
 
 
 def kernel_sizes(geo: Geometry, x_shape) -> Tuple[int, ...]:
@@ -28,6 +30,11 @@ def strides_5d(z: torch.Tensor, lifting: bool) -> Tuple[int, ...]:
 
 @functools.lru_cache(maxsize=128)
 def geometry_tables(geo: Geometry, device: torch.device) -> torch.Tensor:
-    """int64 ``[support S | crop S | block_offset S | read T*A]`` on ``device`` (the tail of
-    :meth:`Geometry.encode`; built once per geometry and device)."""
-    return torch.tensor(geo.encoded[12:], dtype=torch.int64, device=device)
+    """int64 :attr:`Geometry.tables` on ``device`` (built once per geometry and device)."""
+    return torch.tensor(geo.tables, dtype=torch.int64, device=device)
+
+
+def table_offsets(geo: Geometry) -> Tuple[int, ...]:
+    """Where each table of :data:`rstfast.geometry.TABLES` starts (in that order): the kernels'
+    arguments ``SUPPORT_AT, CROP_AT, SLOT_AT, READ_AT, READER_START_AT, READER_AT``."""
+    return tuple(geo.table_offsets.values())

@@ -4,7 +4,7 @@ Implements the kernels of the op contract (:mod:`rstfast.ops`, :mod:`rstfast.bac
 cropped filter buffer of :mod:`rstfast.geometry`: implicit-GEMM kernels (:mod:`.rs_conv_fwd`,
 :mod:`.rs_conv_bwd`) that read the input in place through its strides (contiguous or
 channels-last) and the index map and layout from the geometry's device tables. float32 is exact
-(IEEE products; TF32 only with ``RSTFAST_TRITON_TF32=1`` or ``rstfast.kernels.jit.ALLOW_TF32 =
+(IEEE products; TF32 only with ``RSTFAST_TRITON_TF32=1`` or ``rstfast.triton.jit.ALLOW_TF32 =
 True``); bfloat16 / float16 inputs accumulate in float32. On CPU the kernels run only on Triton's
 interpreter (``TRITON_INTERPRET=1``; slow, for tests).
 """
@@ -37,7 +37,7 @@ def unavailable_reason(device) -> Optional[str]:
         return f"triton cannot be imported: {_IMPORT_ERROR}"
     device = torch.device(device)
     if device.type == "cuda":
-        return None
+        return None if torch.cuda.is_available() else "torch sees no CUDA device"
     if device.type == "cpu" and jit.interpreting():
         return jit.interpreter_unusable_reason()
     return (f"Triton kernels need a CUDA device, or TRITON_INTERPRET=1 on CPU "
