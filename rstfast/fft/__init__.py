@@ -73,7 +73,8 @@ def _chunks(geo: Geometry, slice_bytes: int) -> List[Chunk]:
 
 def _plan(geo: Geometry, x_shape: Sequence[int]) -> Plan:
     height, width = x_shape[-2], x_shape[-1]
-    return Plan(geo, height, width, transform_size(geo, height), transform_size(geo, width))
+    return Plan(geo, height, width, transform_size(geo, height), transform_size(geo, width),
+                CHUNK_BYTES)
 
 
 def _execution(device: torch.device):

@@ -36,13 +36,15 @@ def transform_size(geo: Geometry, side: int) -> int:
 
 @dataclass(frozen=True)
 class Plan:
-    """Transform sizes ``rows x cols`` of one call on ``height x width`` inputs, and the sample
-    axes of x, y and each scale's filters."""
+    """Transform sizes ``rows x cols`` of one call on ``height x width`` inputs, the sample axes
+    of x, y and each scale's filters, and ``chunk_bytes``, the most bytes a chunk's spectrum
+    buffer may take (``rstfast.fft.CHUNK_BYTES``)."""
     geo: Geometry
     height: int
     width: int
     rows: int
     cols: int
+    chunk_bytes: int
 
     @property
     def half(self) -> int:

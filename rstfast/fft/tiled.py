@@ -125,14 +125,13 @@ def _input_spectra(x5: torch.Tensor, plan: Plan, batch_last: bool) -> torch.Tens
 
 
 def _budget(plan: Plan, batch: int, dtype: torch.dtype) -> int:
-    """Bytes of the largest spectrum buffer of a block: :data:`rstfast.fft.CHUNK_BYTES`, or a
-    sixteenth of the output ``y`` where that is less (at least 1 MiB) -- layers with few output
-    slices then keep their buffers small next to their output and its gradient."""
-    from . import CHUNK_BYTES
+    """Bytes of the largest spectrum buffer of a block: ``plan.chunk_bytes``, or a sixteenth of
+    the output ``y`` where that is less (at least 1 MiB) -- layers with few output slices then
+    keep their buffers small next to their output and its gradient."""
     geo = plan.geo
     out_h, out_w = geo.out_size(plan.height, plan.width)
     output = batch * geo.out_channels * geo.group_size * out_h * out_w * dtype.itemsize
-    return min(CHUNK_BYTES, max(2 ** 20, output // 16))
+    return min(plan.chunk_bytes, max(2 ** 20, output // 16))
 
 
 def _block(count: int, budget: int, per_channel: int) -> int:
