@@ -251,14 +251,18 @@ def build_parser():
     parser.add_argument("--original", action="store_true", help="also time the original "
                         "algorithm's training step (minutes)")
     parser.add_argument("--layers-only", action="store_true", help="no training steps")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: "
+                        "torch's, one per core)")
     return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if args.batch < 1 or args.rounds < 1:
-        print("benchmarks.fft_roofline: --batch and --rounds must be at least 1")
+    if args.batch < 1 or args.rounds < 1 or (args.threads is not None and args.threads < 1):
+        print("benchmarks.fft_roofline: --batch, --rounds and --threads must be at least 1")
         return 2
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     from rstfast.csrc.build import cpu_arch_flags
     from rstfast.fft import tiled
     reason = tiled.unavailable_reason()
