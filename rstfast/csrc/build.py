@@ -38,8 +38,8 @@ SOURCE_DIR = Path(__file__).resolve().parent
 CPU_SOURCES = ("bindings.cpp", "rs_conv_checks.cpp", "rs_conv_cpu.cpp", "fft_cpu.cpp")
 CUDA_SOURCES = ("rs_conv_checks.cpp", "rs_conv_cuda_glue.cpp", "rs_conv_cuda.cu")
 HEADERS = ("geometry.h", "rs_conv.h", "rs_conv_cuda.h")
-# The CPU code threads through ATen / oneDNN (torch.get_num_threads()), so it needs no -fopenmp;
-# -fopenmp-simd only honours the `#pragma omp simd` of the vector loops.
+# Compiler flags of both libraries; the CPU library adds OpenMP (cpu_flags): its own loops
+# thread through at::parallel_for, whose OpenMP implementation is compiled into the caller.
 CXX_FLAGS = ("-O3",)
 NVCC_FLAGS = ("-O3", "--use_fast_math")
 # x86-64 levels by the /proc/cpuinfo features they need (the psABI's lists, those that matter).
@@ -81,10 +81,17 @@ def cpu_arch_flags() -> Tuple[str, ...]:
     return (f"-march={arch}",) + (("-mprefer-vector-width=512",) if arch == "x86-64-v4" else ())
 
 
+def openmp_flags() -> Tuple[str, ...]:
+    """``-fopenmp`` where torch threads with OpenMP (then ``at::parallel_for`` in the CPU
+    library's loops runs on torch's threads), else ``-fopenmp-simd`` (the loops' ``#pragma omp
+    simd`` only; at::parallel_for is then torch's own pool)."""
+    return ("-fopenmp",) if torch.backends.openmp.is_available() else ("-fopenmp-simd",)
+
+
 def cpu_flags() -> Tuple[str, ...]:
-    """Compiler flags of the CPU library: :data:`CXX_FLAGS`, ``-fopenmp-simd`` and
+    """Compiler flags of the CPU library: :data:`CXX_FLAGS`, :func:`openmp_flags` and
     :func:`cpu_arch_flags`."""
-    return CXX_FLAGS + ("-fopenmp-simd",) + cpu_arch_flags()
+    return CXX_FLAGS + openmp_flags() + cpu_arch_flags()
 
 
 def build_key(sources, cuda: bool) -> str:
@@ -134,6 +141,8 @@ def _build(name: str, sources, cuda: bool) -> Optional[str]:
             name=name,
             sources=[str(SOURCE_DIR / s) for s in sources],
             extra_cflags=list(CXX_FLAGS if cuda else cpu_flags()),
+            extra_ldflags=None if cuda else [flag for flag in openmp_flags()
+                                             if flag == "-fopenmp"],
             extra_cuda_cflags=list(NVCC_FLAGS) if cuda else None,
             extra_include_paths=[str(SOURCE_DIR)],
             build_directory=str(folder),
