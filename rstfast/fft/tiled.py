@@ -124,19 +124,9 @@ def _input_spectra(x5: torch.Tensor, plan: Plan, batch_last: bool) -> torch.Tens
     return spectra
 
 
-def _budget(plan: Plan, batch: int, dtype: torch.dtype) -> int:
-    """Bytes of the largest spectrum buffer of a block: ``plan.chunk_bytes``, or a sixteenth of
-    the output ``y`` where that is less (at least 1 MiB) -- layers with few output slices then
-    keep their buffers small next to their output and its gradient."""
-    geo = plan.geo
-    out_h, out_w = geo.out_size(plan.height, plan.width)
-    output = batch * geo.out_channels * geo.group_size * out_h * out_w * dtype.itemsize
-    return min(plan.chunk_bytes, max(2 ** 20, output // 16))
-
-
 def _block(count: int, budget: int, per_channel: int) -> int:
     """Channels per block (at least 1) whose buffers of ``per_channel`` bytes each stay within
-    ``budget``."""
+    ``budget`` (``plan.chunk_bytes``)."""
     return max(1, min(count, budget // max(1, per_channel)))
 
 
@@ -172,7 +162,7 @@ def conv_forward(x: torch.Tensor, filters: torch.Tensor, bias: Optional[torch.Te
     per_plane = tiles(plan, x.dtype) * 2 * lanes(x.dtype) * x.dtype.itemsize
     widest = max(len(c.offsets) * len(c.rotations) for c in chunks)
     rotations_most = max(len(c.rotations) for c in chunks)
-    step = _block(geo.out_channels, _budget(plan, batch, x.dtype),
+    step = _block(geo.out_channels, plan.chunk_bytes,
                   per_plane * max(widest * channels, batch * rotations_most))
     filter_buffer = _Buffer(x, plan, widest * step * channels)
     output_buffer = _Buffer(x, plan, batch * rotations_most * step)
@@ -243,7 +233,7 @@ def conv_backward(grad_y: torch.Tensor, x: torch.Tensor, filters: torch.Tensor, 
     per_plane = tiles(plan, dtype) * 2 * lanes(dtype) * dtype.itemsize
     widest = max(len(c.offsets) * len(c.rotations) for c in chunks)
     rotations_most = max(len(c.rotations) for c in chunks)
-    budget = _budget(plan, batch, dtype)
+    budget = plan.chunk_bytes
     # Output-channel blocks bound G; input-channel blocks within them bound K (and H, which
     # reuses K's buffer). The input gradient sums over the output-channel blocks.
     out_step = _block(geo.out_channels, budget, per_plane * batch * rotations_most)
