@@ -94,6 +94,20 @@ def _stage_clock(plan, seconds: Dict[str, float]):
         tiled.to_tiles, tiled.from_tiles, tiled.products = original
 
 
+@contextlib.contextmanager
+def _batched_execution():
+    """The fft kernels on :mod:`rstfast.fft.batched` (torch matmuls: the execution before the
+    C++ kernels, kept for CUDA) instead of the C++ ones."""
+    from rstfast import fft
+    from rstfast.fft import batched
+    original = fft._execution
+    fft._execution = lambda device: batched
+    try:
+        yield
+    finally:
+        fft._execution = original
+
+
 def stage_bytes(geo, x_shape, backward: bool) -> Dict[str, float]:
     """Compulsory memory traffic of each stage (float32): the stage's inputs read once and its
     outputs written once; a spectrum plane is ``tiles x 128`` bytes."""
@@ -150,6 +164,13 @@ def measure_layer(case: cases.LayerCase, batch: int, rounds: int) -> dict:
             if round_index:
                 for stage, value in seconds.items():
                     best[(direction, stage)] = min(best[(direction, stage)], value)
+        with _batched_execution():
+            start = time.perf_counter()
+            fft.conv_forward(x, buffer, inputs["bias"], geo)
+            fft.conv_backward(grad_y, x, buffer, geo, True, True)
+            elapsed = time.perf_counter() - start
+        if round_index:
+            best["batched"] = min(best["batched"], elapsed)
     stages = {}
     for direction in ("forward", "backward"):
         flops = fft.stage_flops(geo, x.shape, backward=direction == "backward")
@@ -162,9 +183,10 @@ def measure_layer(case: cases.LayerCase, batch: int, rounds: int) -> dict:
         stages[f"{direction} total"] = {"seconds": best[(direction, "total")]}
     return {"case": case.name, "models": list(case.models), "batch": batch,
             "fft_seconds": best["fft"], "cpp_seconds": best["cpp"],
+            "throughput": 3 * fft.flops(geo, x.shape) / best["fft"],
             "fft_vs_cpp": best["cpp"] / best["fft"],
             "fft_kernel_seconds": best[("forward", "total")] + best[("backward", "total")],
-            "stages": stages}
+            "batched_kernel_seconds": best["batched"], "stages": stages}
 
 
 def measure_training(model: str, names: List[str], batch: int, rounds: int) -> dict:
@@ -205,11 +227,21 @@ def report(data: dict) -> str:
         "GFLOP/s / GEMM peak; intensity = FLOPs / compulsory bytes (each stage reads its inputs "
         "and writes its outputs once); bound = min(peak, intensity x bandwidth).", "",
         "## Layers (forward + backward)", "",
-        "| layer | model(s) | fft ms | cpp ms | fft vs cpp |", "|---|---|---:|---:|---:|"]
+        "Kernels: `fft` kernels alone (no filter expansion), the C++ tile kernels and the batched "
+        "torch execution (`rstfast.fft.batched`, the implementation before them), same run.", "",
+        "| layer | model(s) | fft ms | cpp ms | fft vs cpp | kernels: tiled ms | batched ms | "
+        "tiled vs batched |", "|---|---|---:|---:|---:|---:|---:|---:|"]
     for row in data["layers"]:
         lines.append(f"| {row['case']} | {', '.join(row['models'])} | "
                      f"{_fmt(row['fft_seconds'], 1, 1e3)} | {_fmt(row['cpp_seconds'], 1, 1e3)} | "
-                     f"**{_fmt(row['fft_vs_cpp'])}×** |")
+                     f"**{_fmt(row['fft_vs_cpp'])}×** | {_fmt(row['fft_kernel_seconds'], 1, 1e3)} | "
+                     f"{_fmt(row['batched_kernel_seconds'], 1, 1e3)} | "
+                     f"{_fmt(row['batched_kernel_seconds'] / row['fft_kernel_seconds'])}× |")
+    rates = [row["throughput"] for row in data["layers"] if MAIN_JOB not in row["models"]]
+    lines += ["", "Cost model: `3 x rstfast.fft.flops(geo, x_shape)` / forward+backward time of the "
+              "layer op, geometric mean over the paper layers: "
+              f"**{math.exp(sum(map(math.log, rates)) / len(rates)) / 1e9:.0f} GFLOP/s** "
+              "(the `THROUGHPUT[(\"cpu\", \"fft\")]` these runs suggest)."]
     lines += ["", "## Stage roofline of the fft kernels", "",
               "| layer | pass | stage | ms | GFLOP | GFLOP/s | of peak | FLOP/byte | bound "
               "GFLOP/s | of bound |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]

@@ -6,8 +6,8 @@ imaginary parts apart ("planar"), the bins innermost. Planes are ordered as the 
 
 * input spectra ``X``: ``(q, b, c)`` in the forward, ``(q, c, b)`` in the backward, for every
   input slice ``q`` at once;
-* filter spectra ``K`` of a chunk: ``(i, k, o, c)`` in the forward, ``(i, k, c, o)`` in the
-  backward (offset index ``i``, rotation ``k`` in the chunk);
+* filter spectra ``K`` of a chunk: ``(i, k, o, c)`` (offset index ``i``, rotation ``k`` in the
+  chunk);
 * output (gradient) spectra ``Y`` / ``G`` of a chunk: ``(b, k, o)``;
 * filter-gradient spectra ``H`` of a chunk: ``(i, k, o, c)``; input-gradient spectra ``GX``:
   ``(q, c, b)``, summed over every chunk.
@@ -17,7 +17,8 @@ Per bin, with ``Khat = conj(DFT(g))`` and ``Gc = conj(DFT(grad_y))`` (the conven
 reading q} K[i, k]^T @ Gc[k]^T``, ``H[i, k] = Gc[k]^T @ X[q]`` -- each one call of
 ``rstfast_cpp::fft_tile_products`` per chunk (bins in the vector lanes, every read of an output
 accumulated in registers). The orders put the contracted index of the second operand
-innermost: its panel is read in order while it stays in cache.
+innermost: its panel is read in order while it stays in cache (the first operand's rows
+stream past it).
 """
 from __future__ import annotations
 
@@ -135,13 +136,12 @@ def _channel_blocks(count: int, step: int) -> List[slice]:
 
 
 def _filter_spectra(filters: torch.Tensor, plan: Plan, chunk: Chunk, outs: slice, ins: slice,
-                    spectra: torch.Tensor, out_last: bool) -> None:
+                    spectra: torch.Tensor) -> None:
     """``K`` of the chunk's slots for the output channels ``outs`` and input channels ``ins``
-    into ``spectra``, planes ``(i, k, o, c)`` or, ``out_last``, ``(i, k, c, o)``."""
+    into ``spectra``, planes ``(i, k, o, c)``."""
     per_offset = spectra.shape[1] // len(chunk.offsets)
     for i, taps in enumerate(filter_slots(filters, plan.geo, chunk)):
-        taps = taps[:, outs, ins].to(spectra.dtype)
-        to_tiles(taps.permute(0, 2, 1, 3, 4) if out_last else taps,
+        to_tiles(taps[:, outs, ins].to(spectra.dtype),
                  spectra[:, i * per_offset:(i + 1) * per_offset], *plan.filter_axes(chunk.scale))
 
 
@@ -170,7 +170,7 @@ def conv_forward(x: torch.Tensor, filters: torch.Tensor, bias: Optional[torch.Te
                         for outs in _channel_blocks(geo.out_channels, step)):
         rotations, width = len(chunk.rotations), outs.stop - outs.start
         spec_k = filter_buffer.view(len(chunk.offsets) * rotations * width * channels)
-        _filter_spectra(filters, plan, chunk, outs, slice(None), spec_k, out_last=False)
+        _filter_spectra(filters, plan, chunk, outs, slice(None), spec_k)
         spec_y = output_buffer.view(batch * rotations * width)
         groups = [(k * width, [(q * batch * channels, (i * rotations + k) * width * channels)
                                for kk, i, q in chunk.reads if kk == k])
@@ -197,12 +197,12 @@ def _backward_block(spec_g: torch.Tensor, spec_x: Optional[torch.Tensor],
     per_offset = rotations * width * depth
     spec_k = filter_buffer.view(len(chunk.offsets) * per_offset)
     if spec_gx is not None:         # conj(DFT(grad_x[q]))^T += K[i, k]^T @ conj(G[k])^T
-        _filter_spectra(filters, plan, chunk, outs, ins, spec_k, out_last=True)
+        _filter_spectra(filters, plan, chunk, outs, ins, spec_k)
         groups = [((q * channels + ins.start) * batch,
                    [((i * rotations + k) * depth * width, k * width) for k, i in pairs])
                   for q, pairs in chunk.readers().items()]
         products(spec_k, spec_g, spec_gx, groups, (depth, batch, width),
-                 (width, 1, 1, rotations * width, batch, 1), accumulate=True)
+                 (1, depth, 1, rotations * width, batch, 1), accumulate=True)
     if grad_filters is not None:    # H[i, k] = conj(G[k])^T @ X[q], back at the taps
         groups = [((i * rotations + k) * width * depth,
                    [(k * width, (q * channels + ins.start) * batch)])
