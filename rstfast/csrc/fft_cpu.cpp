@@ -72,8 +72,10 @@ template <typename T>
 constexpr int64_t kWidth = kRegisterBytes / sizeof(T);
 
 // Register blocks (accumulators = 2 * rows * cols vectors for complex, rows * cols for real),
-// measured on the 2-core Xeon (AVX-512) and with -march=x86-64-v3 builds on it (AVX2), see
-// benchmarks/results/fft_roofline_cpu.md.
+// chosen by measurement on the 2-core Xeon, one core, AVX-512 and -march=x86-64-v3 (AVX2)
+// builds: products 3 x 4 (AVX-512; 4 x 3, 2 x 5, 2 x 6 within noise, 2 x 2 and 1 x 12 slower)
+// and 2 x 4 (AVX2; 2 x 2 and 3 x 2 10-20 % slower); transforms real 4 x 4 / complex 2 x 4
+// (AVX-512) and 3 x 4 / 2 x 3 (AVX2: 1.1-1.4x the 2 x 3 / 1 x 3 blocks).
 constexpr int kProductRows = kManyRegisters ? 3 : 2;   // MB: rows of the output block
 constexpr int kProductCols = 4;                         // NB
 constexpr int kRealRows = kManyRegisters ? 4 : 3;
