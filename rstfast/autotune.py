@@ -18,7 +18,9 @@ measured in between. The first call of each key logs one line (logger ``rstfast.
 ``RSTFAST_AUTOTUNE=0`` turns timing off: the cost model alone decides (the pick is still verified
 once per key). The cost model estimates seconds as each backend's FLOPs
 (:meth:`rstfast.backends.Backend.flops`, from :mod:`rstfast.flops`) divided by a throughput per
-(device type, algorithm), :data:`THROUGHPUT`; a backward pass costs twice the forward.
+(device type, algorithm), :data:`THROUGHPUT`, scaled by ``C / (C + c)`` for the input channels
+``C`` where :data:`CHANNEL_HALF` gives ``c`` (direct convolutions with few input channels
+vectorize poorly); a backward pass costs twice the forward.
 
 Reproducible picks: :func:`state_dict` / :func:`load_state_dict` record and pin decisions (the
 trainer stores them in its checkpoints), and :func:`use_cache` (or ``RSTFAST_AUTOTUNE_CACHE=PATH``)
@@ -49,18 +51,22 @@ from .machine import cpu_name
 
 __all__ = ["Decision", "choose", "decisions", "explain", "estimate_seconds", "clear",
            "state_dict", "load_state_dict", "use_cache", "default_cache_path", "THROUGHPUT",
+           "CHANNEL_HALF",
            "PRUNE", "ROUNDS", "VERIFY_BATCH", "TOLERANCE"]
 
 logger = logging.getLogger(__name__)
 
-# FLOP/s per (device type, algorithm) for the cost model, counted with rstfast.flops. CPU:
-# geometric means over the paper layers, forward and forward+backward, float32, batch 32, 2-core
-# Xeon with AVX-512 (benchmarks/results/cpu_b32_report.md; the cost model then picks the measured
-# fastest backend in 19 of the 22 cases, within 1.63x of it in the other 3). GPUs: not measured yet.
+# FLOP/s per (device type, algorithm) for the cost model, counted with rstfast.flops. CPU: fitted
+# to the 11 paper layers, forward + backward, float32, batch 32, 2-core Xeon with AVX-512
+# (benchmarks/results/fft_roofline_cpu.md: `fft` 94-230 GFLOP/s, geometric mean 139; `cpp` 25-52
+# GFLOP/s with one input channel, 230-382 with 32 or 63). GPUs: not measured yet.
 THROUGHPUT: Dict[Tuple[str, str], float] = {
-    ("cpu", "direct"): 200e9, ("cpu", "fft"): 50e9, ("cpu", "dense"): 220e9,
+    ("cpu", "direct"): 360e9, ("cpu", "fft"): 139e9, ("cpu", "dense"): 220e9,
     ("cuda", "direct"): 20e12, ("cuda", "fft"): 10e12, ("cuda", "dense"): 20e12,
 }
+# Input channels at which an algorithm reaches half its THROUGHPUT (absent: no channel effect):
+# the CPU's direct and dense convolutions (both oneDNN) reduce over C x n x n per output.
+CHANNEL_HALF: Dict[Tuple[str, str], float] = {("cpu", "direct"): 8.0, ("cpu", "dense"): 8.0}
 # Candidates predicted more than this many times slower than the best prediction are not timed.
 PRUNE = 4.0
 # Timed calls per candidate after one warm-up call (the minimum counts).
@@ -141,8 +147,11 @@ def estimate_seconds(name: str, geo: Geometry, x_shape, device, backward: bool) 
     """The cost model's time of one call of backend ``name`` (see the module docstring)."""
     backend = backends.get(name)
     device_type = torch.device(device).type
-    rate = THROUGHPUT.get((device_type, backend.algorithm),
-                          THROUGHPUT.get(("cpu", backend.algorithm), THROUGHPUT[("cpu", "direct")]))
+    key = (device_type, backend.algorithm)
+    rate = THROUGHPUT.get(key, THROUGHPUT.get(("cpu", backend.algorithm),
+                                              THROUGHPUT[("cpu", "direct")]))
+    if key in CHANNEL_HALF:
+        rate *= geo.in_channels / (geo.in_channels + CHANNEL_HALF[key])
     return backend.flops(geo, x_shape) * (3 if backward else 1) / rate
 
 # --------------------------------------------------------------------------- persistence
