@@ -31,6 +31,7 @@ verified while tracing).
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -40,7 +41,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -69,8 +70,9 @@ THROUGHPUT: Dict[Tuple[str, str], float] = {
 CHANNEL_HALF: Dict[Tuple[str, str], float] = {("cpu", "direct"): 8.0, ("cpu", "dense"): 8.0}
 # Candidates predicted more than this many times slower than the best prediction are not timed.
 PRUNE = 4.0
-# Timed calls per candidate after one warm-up call (the minimum counts).
-ROUNDS = 1
+# Timed rounds after one warm-up call of each candidate; a round calls every candidate in turn
+# (the minimum counts).
+ROUNDS = 2
 # Samples of the batch a candidate is verified on.
 VERIFY_BATCH = 1
 # Largest error a verified candidate may have, relative to max|reference|, per dtype of the result
@@ -178,14 +180,26 @@ def load_state_dict(state: dict) -> None:
 
 def default_cache_path() -> Path:
     """``$XDG_CACHE_HOME/rstfast/autotune-<machine>.json`` (``~/.cache`` when unset); the machine
-    id hashes the CPU model, the GPUs, torch's version and thread count, and rstfast's version."""
+    id hashes the CPU model, the GPUs, torch's version and thread count, rstfast's version and
+    its sources (:func:`_sources_digest`): decisions timed on other kernels are not reused."""
     from . import __version__
     cpu = cpu_name()
     gpus = ([torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
             if torch.cuda.is_available() else [])
-    ident = json.dumps([cpu, gpus, torch.__version__, torch.get_num_threads(), __version__])
+    ident = json.dumps([cpu, gpus, torch.__version__, torch.get_num_threads(), __version__,
+                        _sources_digest()])
     root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return root / "rstfast" / f"autotune-{hashlib.sha256(ident.encode()).hexdigest()[:12]}.json"
+
+@functools.lru_cache(maxsize=None)
+def _sources_digest() -> str:
+    """sha256 of rstfast's Python, C++ and CUDA sources (names and contents)."""
+    package = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(p for p in package.rglob("*") if p.suffix in (".py", ".cpp", ".cu", ".h")):
+        digest.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
 
 def use_cache(path) -> None:
     """Keep decisions in the JSON file ``path`` (None: no file): its decisions are pinned now,
@@ -317,16 +331,8 @@ def _verify(backend: backends.Backend, probe: _Probe) -> Optional[str]:
                     f"(tolerance {tolerance:.0e})")
     return None
 
-def _time(run, rounds: int) -> float:
-    run()
-    best = math.inf
-    for _ in range(rounds):
-        start = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-def _measure(backend: backends.Backend, probe: _Probe) -> float:
+def _runner(backend: backends.Backend, probe: _Probe):
+    """One call of ``backend`` on the probe's inputs (forward, and backward when measured)."""
     leaves = probe.leaves()
     device = probe.x.device
 
@@ -336,7 +342,20 @@ def _measure(backend: backends.Backend, probe: _Probe) -> float:
             y.backward(torch.ones_like(y))
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-    return _time(run, ROUNDS)
+    return run
+
+def _measure(runs: Dict[str, Callable[[], None]]) -> Dict[str, float]:
+    """Seconds per candidate: one warm-up call each, then :data:`ROUNDS` rounds that call every
+    candidate in turn (a pause of the machine hits one call, not one candidate); the minimum."""
+    for run in runs.values():
+        run()
+    best = {name: math.inf for name in runs}
+    for _ in range(ROUNDS):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
 
 # ------------------------------------------------------------------------------- choosing
 def _key(x: torch.Tensor, geo: Geometry, dtype, autocast: bool, backward: bool) -> tuple:
@@ -434,11 +453,12 @@ def _decide(key: tuple, x, weight, basis, bias, geo: Geometry) -> Decision:
                             for name in by_estimate if estimates[name] > PRUNE * best_guess}
         timed = [name for name in by_estimate
                  if name not in decision.skipped and name not in decision.rejected]
-        logger.info("rstfast auto: timing %s and verifying them against the reference for %s "
-                    "(once per layer shape)", ", ".join(timed), _describe(key))
-        for name in timed:
-            if _first_verified(decision, [name], candidates, probe, device):
-                decision.seconds[name] = _measure(candidates[name], probe)
+        logger.info("rstfast auto: timing %s and verifying %s against the reference for %s "
+                    "(once per layer shape)", ", ".join(timed), "them" if len(timed) > 1 else "it",
+                    _describe(key))
+        decision.seconds = _measure({
+            name: _runner(candidates[name], probe) for name in timed
+            if _first_verified(decision, [name], candidates, probe, device)})
         if decision.seconds:
             decision.chosen, decision.method = (min(decision.seconds, key=decision.seconds.get),
                                                 "measured")

@@ -67,3 +67,12 @@ def test_compiled_model_uses_the_decision_without_timing():
     compiled = torch.compile(conv, backend="aot_eager", fullgraph=True)
     assert torch.allclose(compiled(x), eager, atol=1e-5)
     assert len(autotune.decisions()) == 1 and autotune.decisions()[0].chosen == chosen
+
+
+def test_decisions_file_is_per_implementation(monkeypatch):
+    """Decisions timed on other kernels (another rstfast source tree) are kept in another file."""
+    here = autotune.default_cache_path()
+    assert here == autotune.default_cache_path()
+    monkeypatch.setattr(autotune, "_sources_digest", lambda: "edited kernels")
+    assert autotune.default_cache_path() != here
+    assert autotune.default_cache_path().parent == here.parent
