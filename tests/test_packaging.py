@@ -15,7 +15,7 @@ def project():
 
 def test_license_file_is_the_license_pyproject_names():
     text = (REPO / "LICENSE").read_text()
-    assert project()["license"] == {"text": "MIT"}
+    assert project()["license"] == "MIT" and project()["license-files"] == ["LICENSE"]
     assert text.startswith("MIT License") and "WITHOUT WARRANTY OF ANY KIND" in text
 
 
