@@ -242,14 +242,22 @@ struct Planes {
   int64_t strides[3];
   int64_t row_stride, col_stride, rows, cols;
 
+  // z: real planes [D0, D1, D2, H, W], float32 or float64, any strides.
   explicit Planes(const at::Tensor& z)
-      : sizes{z.size(0), z.size(1), z.size(2)},
+      : sizes{checked(z).size(0), z.size(1), z.size(2)},
         strides{z.stride(0), z.stride(1), z.stride(2)},
         row_stride(z.stride(3)),
         col_stride(z.stride(4)),
         rows(z.size(3)),
         cols(z.size(4)) {}
 
+  static const at::Tensor& checked(const at::Tensor& z) {
+    TORCH_CHECK_VALUE(z.dim() == 5, "z: expected real planes [D0, D1, D2, H, W], got shape ",
+                      z.sizes());
+    TORCH_CHECK_TYPE(z.scalar_type() == at::kFloat || z.scalar_type() == at::kDouble,
+                     "z: expected float32 or float64, got ", z.scalar_type());
+    return z;
+  }
   int64_t count() const { return sizes[0] * sizes[1] * sizes[2]; }
   // The stride between planes first .. first + count - 1 when they are evenly spaced (and do not
   // overlap a row), else 0.
@@ -448,10 +456,6 @@ int64_t batch_size(int64_t count) {
 
 void fft_to_tiles(const at::Tensor& z, const at::Tensor& out, const at::Tensor& cols,
                   const at::Tensor& rows) {
-  TORCH_CHECK_VALUE(z.dim() == 5, "z: expected real planes [D0, D1, D2, H, W], got shape ",
-                    z.sizes());
-  TORCH_CHECK_TYPE(z.scalar_type() == at::kFloat || z.scalar_type() == at::kDouble,
-                   "z: expected float32 or float64, got ", z.scalar_type());
   const Planes planes(z);
   check_spectrum(out, "out", planes.count(), z.scalar_type());
   TORCH_CHECK_VALUE(cols.dim() == 2 && cols.size(1) % 2 == 0 && rows.dim() == 3,
@@ -474,10 +478,6 @@ void fft_to_tiles(const at::Tensor& z, const at::Tensor& out, const at::Tensor& 
 
 void fft_from_tiles(const at::Tensor& spec, const at::Tensor& z, const at::Tensor& cols,
                     const at::Tensor& rows) {
-  TORCH_CHECK_VALUE(z.dim() == 5, "z: expected real planes [D0, D1, D2, H, W], got shape ",
-                    z.sizes());
-  TORCH_CHECK_TYPE(z.scalar_type() == at::kFloat || z.scalar_type() == at::kDouble,
-                   "z: expected float32 or float64, got ", z.scalar_type());
   const Planes planes(z);
   check_spectrum(spec, "spec", planes.count(), z.scalar_type());
   TORCH_CHECK_VALUE(cols.dim() == 2 && cols.size(0) % 2 == 0 && rows.dim() == 3,
