@@ -37,6 +37,7 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -379,7 +380,16 @@ def choose(x: torch.Tensor, weight, basis, bias, geo: Geometry) -> backends.Back
         name = decision.chosen
     return backends.resolve(name, x.device, dtype, autocast, fallback=False)
 
-@torch.compiler.assume_constant_result
+def _assume_constant_result(fn):
+    """``torch.compiler.assume_constant_result`` without importing ``torch._dynamo`` when it is
+    not loaded yet (1.2 s of every ``import rstfast``): the mark it sets on ``fn``, which
+    dynamo reads when it traces a call (tests/test_autotune.py compiles with fullgraph=True)."""
+    if "torch._dynamo" in sys.modules:
+        return torch.compiler.assume_constant_result(fn)
+    fn._dynamo_marked_constant = True
+    return fn
+
+@_assume_constant_result
 def _traced_choice(geo_key: str, dtype_name: str, device: str, autocast: bool,
                    backward: bool) -> str:
     """While tracing (nothing is timed; shapes may be symbolic): the latest decision for this

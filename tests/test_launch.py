@@ -14,7 +14,7 @@ import yaml
 from rstfast import launch, reproduce, train
 
 from conftest import REPO
-from test_reproduce import TINY, data_root, own_autotune_cache  # noqa: F401  (fixtures)
+from test_reproduce import TINY, data_root, own_autotune_cache, session_cache_home  # noqa: F401  (fixtures)
 
 RUNS = {("mnist_cnn_28", "rs-mnist"), ("mnist_ses_scalar_28_rot_1", "rs-mnist"),
         ("fmnist_cnn_28", "rs-fmnist"), ("fmnist_ses_scalar_28_rot_1", "rs-fmnist")}

@@ -15,10 +15,16 @@ TINY = ["--preset", "cpu", "--models", "cnn", "sesn", "--epochs", "1", "--batch_
         "--train-size", "40", "--val-size", "20", "--test-size", "20"]
 
 
+@pytest.fixture(scope="session")
+def session_cache_home(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
 @pytest.fixture(autouse=True)
-def own_autotune_cache(tmp_path, monkeypatch):
-    """auto's decisions file (the machine's by default) in this test's folder, also for workers."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+def own_autotune_cache(session_cache_home, monkeypatch):
+    """auto's decisions file (the machine's by default) in a folder of this test session, also
+    for workers: the grids of these tests measure each layer shape once, not once per test."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(session_cache_home))
     monkeypatch.delenv("RSTFAST_AUTOTUNE_CACHE", raising=False)
 
 
