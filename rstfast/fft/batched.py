@@ -15,7 +15,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from .plan import Chunk, Plan, as_group, filter_gradient, filter_slots, last_reads
+from .plan import Chunk, Plan, as_group, filter_gradient, filter_slots, largest, last_reads
 from .transforms import from_spectrum, to_spectrum
 
 __all__ = ["conv_forward", "conv_backward"]
@@ -38,7 +38,7 @@ class _Reused:
 
     def __init__(self, like: torch.Tensor, count: int, chunks: List[Chunk], plan: Plan,
                  inner: Tuple[int, ...]):
-        rows = max(len(chunk.rotations) for chunk in chunks)
+        _, rows = largest(chunks)
         self.buffers = [like.new_empty(rows, plan.rows, plan.half, *inner,
                                        dtype=like.dtype.to_complex()) for _ in range(count)]
 
@@ -129,7 +129,8 @@ def conv_backward(grad_y: torch.Tensor, x: torch.Tensor, filters: torch.Tensor, 
                                                   geo.in_channels),
                               1, *plan.input_axes(), (1, 2, 0), out=grad_x5[:, :, q:q + 1])
     if need_input:                      # slices no output reads
-        for q in sorted(set(range(x5.shape[2])) - {q for c in chunks for _, _, q in c.reads}):
-            grad_x5[:, :, q].zero_()
+        for q in range(x5.shape[2]):
+            if not geo.readers(q):
+                grad_x5[:, :, q].zero_()
     grad_x = None if grad_x5 is None else grad_x5.squeeze(2) if geo.lifting else grad_x5
     return grad_x, grad_filters

@@ -13,7 +13,7 @@ import torch
 from ..geometry import Geometry, out_side
 from .transforms import Axis
 
-__all__ = ["transform_size", "Plan", "Chunk", "chunks", "slice_bytes", "as_group",
+__all__ = ["transform_size", "Plan", "Chunk", "chunks", "largest", "slice_bytes", "as_group",
            "filter_slots", "filter_gradient", "last_reads"]
 
 
@@ -113,6 +113,13 @@ def chunks(geo: Geometry, per_chunk: int) -> List[Chunk]:
                                slice(first * num_scales + s, last * num_scales + s + 1,
                                      num_scales), valid, reads))
     return found
+
+
+def largest(found: List[Chunk]) -> Tuple[int, int]:
+    """``(slots, rotations)``: the most filter slots (offsets x rotations) and the most output
+    slices of any chunk -- what a buffer reused by every chunk must hold."""
+    return (max(len(c.offsets) * len(c.rotations) for c in found),
+            max(len(c.rotations) for c in found))
 
 
 def slice_bytes(geo: Geometry, plan: Plan, batch: int, dtype: torch.dtype) -> int:

@@ -28,7 +28,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 
 from ..geometry import Geometry
-from .plan import Chunk, Plan, as_group, filter_gradient, filter_slots
+from .plan import Chunk, Plan, as_group, filter_gradient, filter_slots, largest
 from .transforms import Axis, _half_forward, _half_inverse, _phases
 
 __all__ = ["unavailable_reason", "lanes", "tiles", "conv_forward", "conv_backward"]
@@ -160,8 +160,7 @@ def conv_forward(x: torch.Tensor, filters: torch.Tensor, bias: Optional[torch.Te
     y = x.new_empty(geo.out_shape(x.shape))
     spec_x = _input_spectra(x5, plan, batch_last=False)
     per_plane = tiles(plan, x.dtype) * 2 * lanes(x.dtype) * x.dtype.itemsize
-    widest = max(len(c.offsets) * len(c.rotations) for c in chunks)
-    rotations_most = max(len(c.rotations) for c in chunks)
+    widest, rotations_most = largest(chunks)
     step = _block(geo.out_channels, plan.chunk_bytes,
                   per_plane * max(widest * channels, batch * rotations_most))
     filter_buffer = _Buffer(x, plan, widest * step * channels)
@@ -231,8 +230,7 @@ def conv_backward(grad_y: torch.Tensor, x: torch.Tensor, filters: torch.Tensor, 
     spec_gx = _spectrum(x, plan, x5.shape[2] * batch * channels, zero=True) if need_input else None
     grad_filters = filter_gradient(filters, geo) if need_filters else None
     per_plane = tiles(plan, dtype) * 2 * lanes(dtype) * dtype.itemsize
-    widest = max(len(c.offsets) * len(c.rotations) for c in chunks)
-    rotations_most = max(len(c.rotations) for c in chunks)
+    widest, rotations_most = largest(chunks)
     budget = plan.chunk_bytes
     # Output-channel blocks bound G; input-channel blocks within them bound K (and H, which
     # reuses K's buffer). The input gradient sums over the output-channel blocks.
