@@ -34,8 +34,6 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from ..files import FileLock
-
 SOURCE_DIR = Path(__file__).resolve().parent
 CPU_SOURCES = ("bindings.cpp", "rs_conv_checks.cpp", "rs_conv_cpu.cpp", "fft_cpu.cpp")
 CUDA_SOURCES = ("rs_conv_checks.cpp", "rs_conv_cuda_glue.cpp", "rs_conv_cuda.cu")
@@ -139,23 +137,18 @@ def _build(name: str, sources, cuda: bool) -> Optional[str]:
     verbose = os.environ.get("RSTFAST_VERBOSE_BUILD", "") not in ("", "0")
     folder = Path(build_directory(name, sources, cuda))
     try:
-        # Every live build of the folder holds this lock, so torch's own build baton (the file
-        # `lock`, which a build killed midway leaves behind and which makes every later build
-        # wait forever) is stale once we hold it.
-        with FileLock(folder.parent / f"{folder.name}.rstfast-build.lock"):
-            (folder / "lock").unlink(missing_ok=True)
-            cpp_extension.load(
-                name=name,
-                sources=[str(SOURCE_DIR / s) for s in sources],
-                extra_cflags=list(CXX_FLAGS if cuda else cpu_flags()),
-                extra_ldflags=None if cuda else [flag for flag in openmp_flags()
-                                                 if flag == "-fopenmp"],
-                extra_cuda_cflags=list(NVCC_FLAGS) if cuda else None,
-                extra_include_paths=[str(SOURCE_DIR)],
-                build_directory=str(folder),
-                verbose=verbose,
-                is_python_module=False,
-            )
+        cpp_extension.load(
+            name=name,
+            sources=[str(SOURCE_DIR / s) for s in sources],
+            extra_cflags=list(CXX_FLAGS if cuda else cpu_flags()),
+            extra_ldflags=None if cuda else [flag for flag in openmp_flags()
+                                             if flag == "-fopenmp"],
+            extra_cuda_cflags=list(NVCC_FLAGS) if cuda else None,
+            extra_include_paths=[str(SOURCE_DIR)],
+            build_directory=str(folder),
+            verbose=verbose,
+            is_python_module=False,
+        )
     except Exception as exc:  # compiler missing, compile/link error, ninja missing, load error
         try:
             log = folder / "rstfast_build_error.log"
